@@ -1,0 +1,34 @@
+"""Attention pooling shared by ABMIL-style aggregators (Ilse et al., 2018)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import make_activation
+
+__all__ = ["AttentionPool", "masked_softmax"]
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` with positions where ``mask`` is False given zero weight."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask.to(scores.dtype)
+
+
+class AttentionPool(nn.Module):
+    """``a = w2 · act(W1 h)`` (no biases, as the R²T reference), softmax over instances.
+
+    ``forward(h (B, N, C), mask (B, N) | None) -> (pooled (B, C), weights (B, N))``.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, act: str = "tanh") -> None:
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(dim, hidden, bias=False), make_activation(act),
+                                       nn.Linear(hidden, 1, bias=False))
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        scores = self.attention(h).squeeze(-1)
+        weights = masked_softmax(scores, mask)
+        return (weights.unsqueeze(1) @ h).squeeze(1), weights

@@ -1,0 +1,223 @@
+"""The R²T re-embedding stage (R2T_SPEC.md §1 and §7)."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import make_activation
+from .attention import CrossRegionAttention, RegionAttention
+from .regions import Regions, coords_regions, official_regions, sequence_regions
+
+__all__ = ["R2T"]
+
+Mode = Literal["default", "official"]
+Layout = Literal["sequence", "coords"]
+
+
+class _PreNorm(nn.Module):
+    """``LN`` then an attention module: the residual branch of one encoder layer."""
+
+    def __init__(self, dim: int, attn: nn.Module) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = attn
+
+    def forward(self, x: Tensor, regions: Regions, **kw) -> Tensor:
+        return self.attn(self.norm(x), regions, **kw)
+
+
+class R2T(nn.Module):
+    """Re-embedded Regional Transformer: re-embeds a bag of instance features.
+
+    ``forward(x, mask=None, coords=None, patch_size=None)``: ``x`` (B, N, D) or (N, D);
+    ``mask`` (B, N) bool, True = real instance; ``coords`` (B, N, 2) or (N, 2) level-0
+    pixels; ``patch_size`` a float or (B,) tensor. Returns (B, N, D_out) or (N, D_out),
+    ``D_out = out_dim or dim``; padded positions are zero.
+
+    ``in_dim=None``: no input projection (the stage runs at width ``dim`` on features that
+    are already projected). Layers: ``n_layers - 1`` R-MSA layers then one CR-MSA layer
+    (with ``crmsa=False``: ``n_layers`` R-MSA layers). ``mode="official"`` (use
+    :meth:`official`) reproduces the reference implementation exactly (§2-§4): no
+    masking, the file-order grid with zero padding, CR-MSA on a fixed 8 x 8 partition and
+    across the bags of a batch. ``mode="default"`` is §7.
+    """
+
+    def __init__(
+        self,
+        in_dim: int | None = None,
+        dim: int = 512,
+        out_dim: int | None = None,
+        *,
+        n_layers: int = 2,
+        heads: int = 8,
+        region_num: int | None = 8,
+        region_size: int | None = None,
+        min_region_tokens: int = 16,
+        layout: Layout = "sequence",
+        epeg: bool = True,
+        epeg_k: int = 15,
+        crmsa: bool = True,
+        crmsa_k: int = 3,
+        crmsa_heads: int = 8,
+        crmsa_mlp: bool = False,
+        all_shortcut: bool = False,
+        act: str = "relu",
+        input_dropout: float = 0.25,
+        dropout: float = 0.1,
+        mode: Mode = "default",
+    ) -> None:
+        super().__init__()
+        if mode not in ("default", "official"):
+            raise ValueError(f"mode must be 'default' or 'official', got {mode!r}")
+        if layout not in ("sequence", "coords"):
+            raise ValueError(f"layout must be 'sequence' or 'coords', got {layout!r}")
+        if mode == "official" and (layout != "sequence" or region_size is not None or region_num is None):
+            raise ValueError("official mode is the reference: layout='sequence' with region_num, no region_size")
+        if region_size is not None:
+            region_num = None  # a fixed region size replaces the paper's fixed region count
+        if region_num is None and region_size is None:
+            raise ValueError("give region_num (fixed count) or region_size (fixed window side)")
+        if (region_size or region_num) < 1:
+            raise ValueError(f"region_num / region_size must be >= 1, got {region_num} / {region_size}")
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if epeg and epeg_k % 2 == 0:
+            raise ValueError(f"epeg_k must be odd (an even kernel changes the number of rows), got {epeg_k}")
+        self.in_dim, self.dim, self.out_dim = in_dim, dim, out_dim or dim
+        self.mode, self.layout = mode, layout
+        self.region_num, self.region_size = region_num, region_size
+        self.min_region_tokens = 0 if mode == "official" else min_region_tokens
+        self.all_shortcut = all_shortcut
+        self.options = dict(
+            in_dim=in_dim, dim=dim, out_dim=out_dim, n_layers=n_layers, heads=heads,
+            region_num=region_num, region_size=region_size, min_region_tokens=min_region_tokens,
+            layout=layout, epeg=epeg, epeg_k=epeg_k, crmsa=crmsa, crmsa_k=crmsa_k,
+            crmsa_heads=crmsa_heads, crmsa_mlp=crmsa_mlp, all_shortcut=all_shortcut, act=act,
+            input_dropout=input_dropout, dropout=dropout, mode=mode,
+        )
+        if in_dim is not None:
+            self.proj = nn.Sequential(nn.Linear(in_dim, dim), make_activation(act), nn.Dropout(input_dropout))
+        else:
+            self.proj = None
+        n_rmsa = n_layers - 1 if crmsa else n_layers
+        self.layers = nn.ModuleList(
+            _PreNorm(dim, RegionAttention(dim, heads, epeg, epeg_k, dropout)) for _ in range(n_rmsa)
+        )
+        self.crmsa = _PreNorm(dim, CrossRegionAttention(dim, crmsa_k, crmsa_heads, crmsa_mlp, dropout)) if crmsa else None
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim) if out_dim not in (None, dim) else None
+        self.reset_parameters()
+
+    @classmethod
+    def official(cls, in_dim: int | None = 1024, dim: int = 512, **options) -> "R2T":
+        """The reference implementation's behaviour, exactly (for its checkpoints)."""
+        options.pop("min_region_tokens", None)
+        return cls(in_dim, dim, mode="official", **options)
+
+    def reset_parameters(self) -> None:
+        """Reference init (§5): xavier-normal weights, zero biases, Φ uniform ±1/sqrt(K)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.crmsa is not None and isinstance(self.crmsa.attn.phi, nn.Parameter):
+            bound = 1.0 / math.sqrt(self.crmsa.attn.k)
+            nn.init.uniform_(self.crmsa.attn.phi, -bound, bound)
+
+    # ------------------------------------------------------------------ regions
+    def partition(self, mask: Tensor, coords: Tensor | None, patch_size: Tensor | None,
+                  bag_names: list[str] | None = None) -> Regions:
+        """The default-mode partition of a padded batch (one for both layers)."""
+        kw = dict(region_num=self.region_num, region_size=self.region_size,
+                  min_region_tokens=self.min_region_tokens)
+        if self.layout == "coords":
+            if coords is None:
+                raise ValueError("layout='coords' needs coords (B, N, 2) in level-0 pixels")
+            return coords_regions(mask, coords, patch_size, bag_names=bag_names, **kw)
+        return sequence_regions(mask, **kw)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, mask: Tensor | None = None, coords: Tensor | None = None,
+                patch_size: float | Tensor | None = None) -> Tensor:
+        single = x.dim() == 2
+        if single:
+            x = x.unsqueeze(0)
+            mask = None if mask is None else mask.unsqueeze(0)
+            coords = None if coords is None else coords.unsqueeze(0)
+        self._check(x, mask, coords)
+        b, n, _ = x.shape
+        if patch_size is not None and not isinstance(patch_size, Tensor):
+            patch_size = torch.full((b,), float(patch_size))
+        if self.proj is not None:
+            x = self.proj(x)
+        if self.mode == "official":
+            out = self._official(x)
+        else:
+            if mask is None:
+                mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+            regions = self.partition(mask, coords, patch_size)
+            out = self._encode(x, regions, regions, per_bag=True)
+            out = out * mask[..., None].to(out.dtype)
+        return out[0] if single else out
+
+    def _official(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        if b > 1 and self.crmsa is not None:
+            warnings.warn(
+                "R2T official mode with a batch of several bags reproduces the reference: "
+                "CR-MSA mixes regions of different bags. Use batch size 1 or the default mode.",
+                stacklevel=3,
+            )
+        rmsa = official_regions(b, n, self.region_num, x.device)
+        # the reference's CR-MSA always uses 8 x 8 regions
+        cr = official_regions(b, n, 8, x.device) if self.crmsa is not None else None
+        return self._encode(x, rmsa, cr, per_bag=False)
+
+    def _encode(self, x: Tensor, rmsa: Regions, cr: Regions | None, per_bag: bool) -> Tensor:
+        shortcut = x
+        for layer in self.layers:
+            x = x + layer(x, rmsa)
+        if self.crmsa is not None:
+            x = x + self.crmsa(x, cr, per_bag=per_bag)
+        if self.all_shortcut:
+            x = x + shortcut
+        x = self.norm(x)
+        return self.head(x) if self.head is not None else x
+
+    def _check(self, x: Tensor, mask: Tensor | None, coords: Tensor | None) -> None:
+        if x.dim() != 3:
+            raise ValueError(f"R2T expects features (B, N, D) or (N, D), got shape {tuple(x.shape)}")
+        want = self.in_dim if self.in_dim is not None else self.dim
+        if x.shape[-1] != want:
+            raise ValueError(f"R2T expects feature width {want}, got {x.shape[-1]}"
+                             + (" (in_dim)" if self.in_dim is not None else " (dim; no input projection)"))
+        if x.shape[1] == 0:
+            raise ValueError("R2T got an empty bag (0 instances)")
+        if not x.is_floating_point():
+            raise ValueError(f"R2T expects floating-point features, got {x.dtype}")
+        if mask is not None:
+            if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+                raise ValueError(f"mask must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+            if self.mode == "official" and not bool(mask.all()):
+                raise ValueError("R2T official mode takes no padding mask (the reference has none); "
+                                 "run bags one at a time or use the default mode")
+            if not bool(mask.any(dim=1).all()):
+                raise ValueError("a bag in the batch has no real instance (mask all False)")
+        if coords is not None and coords.shape[:2] != x.shape[:2]:
+            raise ValueError(f"coords must be {tuple(x.shape[:2]) + (2,)}, got {tuple(coords.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("R2T got NaN or Inf features")
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"mode={self.mode}, layout={self.layout}, in_dim={o['in_dim']}, dim={o['dim']}, "
+                f"region_num={self.region_num}, region_size={self.region_size}, heads={o['heads']}, "
+                f"epeg_k={o['epeg_k'] if o['epeg'] else None}, crmsa_k={o['crmsa_k'] if o['crmsa'] else None}")
