@@ -4,3 +4,7 @@ from .r2t import R2T, R2TABMIL, load_official_checkpoint, to_official_state_dict
 
 __version__ = "0.1.0"
 __all__ = ["FeatureBag", "BagBatch", "R2T", "R2TABMIL", "load_official_checkpoint", "to_official_state_dict", "__version__"]
+
+from .plugins import create_aggregator, create_stage, get_manager, registry  # noqa: E402
+
+__all__ += ["create_aggregator", "create_stage", "get_manager", "registry"]

@@ -1,0 +1,68 @@
+"""The common frame of the built-in aggregators (the aggregator contract of DESIGN.md)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..bag import BagBatch
+from ..layers import make_activation
+
+__all__ = ["Aggregator", "projection"]
+
+
+def projection(in_dim: int, dim: int, act: str = "relu", dropout: float = 0.25) -> nn.Sequential:
+    """The instance projection ``Linear → activation → Dropout`` that R²T runs after."""
+    return nn.Sequential(nn.Linear(in_dim, dim), make_activation(act), nn.Dropout(dropout))
+
+
+class Aggregator(nn.Module):
+    """Base class: normalises the inputs, subclasses implement :meth:`aggregate`.
+
+    ``forward(x, mask=None, coords=None, patch_size=None, label=None)``: ``x`` a (B, N, D)
+    or (N, D) tensor or a :class:`BagBatch`; ``mask`` (B, N) bool, True = real instance;
+    ``label`` (B,) long, only used by models with an auxiliary loss (returned as
+    ``"aux_loss"``, to be added to the bag loss). Returns a dict with ``"logits"``
+    (B, n_out) and ``"instance_scores"`` (B, N) or (B, n_branches, N); padded positions
+    score 0. A single (N, D) bag gives B = 1.
+
+    Every built-in has ``self.proj`` (its first ``Linear → activation`` on instances), the
+    place where :func:`r2t_plugin.with_r2t` inserts the stage by default.
+    """
+
+    proj: nn.Module
+
+    def __init__(self, in_dim: int, n_out: int) -> None:
+        super().__init__()
+        if in_dim < 1 or n_out < 1:
+            raise ValueError(f"in_dim and n_out must be >= 1, got {in_dim} and {n_out}")
+        self.in_dim, self.n_out = in_dim, n_out
+
+    def forward(self, x: Tensor | BagBatch, mask: Tensor | None = None, coords: Tensor | None = None,
+                patch_size: float | Tensor | None = None, label: Tensor | None = None) -> dict[str, Tensor]:
+        if isinstance(x, BagBatch):
+            x, mask, coords, patch_size = x.features, x.mask, x.coords, x.patch_size
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+            mask = None if mask is None else mask.unsqueeze(0)
+            coords = None if coords is None else coords.unsqueeze(0)
+        if x.dim() != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"{type(self).__name__} expects features (B, N, {self.in_dim}) or "
+                             f"(N, {self.in_dim}), got shape {tuple(x.shape)}")
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        elif mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("a bag in the batch has no real instance (mask all False)")
+        if label is not None:
+            label = torch.as_tensor(label, device=x.device).reshape(-1).long()
+            if label.shape[0] != x.shape[0]:
+                raise ValueError(f"label must have one entry per bag ({x.shape[0]}), got {tuple(label.shape)}")
+        if isinstance(patch_size, (int, float)):
+            patch_size = torch.full((x.shape[0],), float(patch_size))
+        return self.aggregate(x, mask, coords=coords, patch_size=patch_size, label=label)
+
+    def aggregate(self, x: Tensor, mask: Tensor, *, coords: Tensor | None, patch_size: Tensor | None,
+                  label: Tensor | None) -> dict[str, Tensor]:
+        """``x`` (B, N, D), ``mask`` (B, N) bool (never None here)."""
+        raise NotImplementedError

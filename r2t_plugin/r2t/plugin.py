@@ -1,0 +1,63 @@
+"""Built-in plugin: the ``"r2t"`` and ``"identity"`` stages and the ``"r2t_abmil"`` aggregator."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..hookspecs import hookimpl
+from .model import R2TABMIL
+from .stage import R2T
+
+__all__ = ["IdentityStage", "r2t_stage", "identity_stage"]
+
+
+class IdentityStage(nn.Module):
+    """The stage contract with no re-embedding: returns ``x`` unchanged."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, coords: Tensor | None = None,
+                patch_size: Any = None) -> Tensor:
+        return x
+
+
+def identity_stage(in_dim: int | None, out_dim: int | None = None) -> IdentityStage:
+    """Identity; ``out_dim`` must equal ``in_dim`` when both are given."""
+    if in_dim is not None and out_dim is not None and in_dim != out_dim:
+        raise ValueError(f"the identity stage cannot change the width ({in_dim} -> {out_dim})")
+    return IdentityStage(in_dim if in_dim is not None else out_dim)
+
+
+def r2t_stage(in_dim: int | None, out_dim: int | None = None, *, dim: int | None = None,
+              **options: Any) -> R2T:
+    """An :class:`R2T` reading width ``in_dim`` and writing ``out_dim`` (default: ``dim``).
+
+    ``dim`` (the stage's working width) defaults to ``in_dim``: then there is no input
+    projection and the stage runs at the width it is given (after an aggregator's own
+    projection, as in the paper). With ``dim != in_dim`` the stage projects in first.
+    """
+    if dim is None:
+        dim = in_dim if in_dim is not None else (out_dim or 512)
+    return R2T(None if in_dim in (None, dim) else in_dim, dim,
+               None if out_dim in (None, dim) else out_dim, **options)
+
+
+class _R2TABMIL(R2TABMIL):
+    """:class:`R2TABMIL` under the registry's aggregator contract (``label`` is accepted, unused)."""
+
+    def forward(self, x, mask=None, coords=None, patch_size=None, label=None):  # noqa: D102
+        return super().forward(x, mask=mask, coords=coords, patch_size=patch_size)
+
+
+@hookimpl
+def r2t_register_stages(registry: Any) -> None:
+    registry.add("r2t", r2t_stage)
+    registry.add("identity", identity_stage)
+
+
+@hookimpl
+def r2t_register_aggregators(registry: Any) -> None:
+    registry.add("r2t_abmil", lambda in_dim, n_out, **options: _R2TABMIL(in_dim, n_out, **options))
