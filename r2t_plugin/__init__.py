@@ -8,3 +8,6 @@ __all__ = ["FeatureBag", "BagBatch", "R2T", "R2TABMIL", "load_official_checkpoin
 from .plugins import create_aggregator, create_stage, get_manager, registry  # noqa: E402
 
 __all__ += ["create_aggregator", "create_stage", "get_manager", "registry"]
+from .wrap import with_r2t  # noqa: E402
+
+__all__ += ["with_r2t"]

@@ -46,6 +46,7 @@ _HOOK_OF_KIND = {
 BUILTIN_PLUGINS = [
     "r2t_plugin.r2t.plugin",
     "r2t_plugin.aggregators.plugin",
+    "r2t_plugin.wrap",
     "r2t_plugin.data.readers",
 ]
 
