@@ -184,6 +184,12 @@ class R2TWrapper(nn.Module):
                 patch_size: Any = None) -> Tensor:
         """Run the stage on instance features ``h`` (N, C) or (B, N, C)."""
         self._check_wrapped()
+        if h.dim() == 3:  # the model batched a single (N, D) bag itself
+            mask = mask.unsqueeze(0) if mask is not None and mask.dim() == 1 else mask
+            coords = coords.unsqueeze(0) if coords is not None and coords.dim() == 2 else coords
+        elif h.dim() == 2:  # the model took its one bag out of a batch of one
+            mask = mask[0] if mask is not None and mask.dim() == 2 and mask.shape[0] == 1 else mask
+            coords = coords[0] if coords is not None and coords.dim() == 3 and coords.shape[0] == 1 else coords
         if h.dim() not in (2, 3) or (mask is not None and tuple(h.shape[:-1]) != tuple(mask.shape)):
             want = "(N, C) or (B, N, C)" if mask is None else f"{tuple(mask.shape)} + (C,)"
             raise AdapterError(f"instance features at {self.hook_path or 'the input'} have shape "

@@ -25,11 +25,10 @@ class Aggregator(nn.Module):
     (B, n_out) and ``"instance_scores"`` (B, N) or (B, n_branches, N); padded positions
     score 0. A single (N, D) bag gives B = 1.
 
-    Every built-in has ``self.proj`` (its first ``Linear → activation`` on instances), the
-    place where :func:`r2t_plugin.with_r2t` inserts the stage by default.
+    Every built-in starts with a ``Linear → activation → Dropout`` projection of the
+    instances (``self.proj``; CLAM: ``attention_net[:3]``), where
+    :func:`r2t_plugin.with_r2t` inserts the stage by default.
     """
-
-    proj: nn.Module
 
     def __init__(self, in_dim: int, n_out: int) -> None:
         super().__init__()

@@ -8,14 +8,27 @@ from __future__ import annotations
 from typing import Any
 
 from ..hookspecs import hookimpl
+from functools import partial
+
 from .abmil import ABMIL, GatedABMIL
+from .clam import CLAM
+from .dsmil import DSMIL
+from .dtfd import DTFD
+from .patch_gcn import PatchGCN
 from .simple import MaxMIL, MeanMIL
+from .transmil import TransMIL
 
 BUILTIN_AGGREGATORS = {
     "abmil": ABMIL,
     "gated_abmil": GatedABMIL,
     "mean": MeanMIL,
     "max": MaxMIL,
+    "transmil": TransMIL,
+    "dsmil": DSMIL,
+    "clam_sb": partial(CLAM, multi_branch=False),
+    "clam_mb": partial(CLAM, multi_branch=True),
+    "dtfd": DTFD,
+    "patch_gcn": PatchGCN,
 }
 
 
