@@ -1,0 +1,154 @@
+"""Pre-flight check: read the whole cohort before any training and report every problem.
+
+Problems found: rows without a case id, cases without slides, duplicate slide ids, unknown
+or missing labels, invalid survival targets, targets that differ between the slides of a
+case, missing or unreadable feature files, empty bags, NaN/Inf features, feature widths that
+differ from the cohort's, and slides of one case that cannot form one bag. All of them are
+raised together in one :class:`PreflightError`; with ``skip_missing=True`` the affected
+cases are dropped instead, with a :class:`PreflightWarning` listing them.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..bag import FeatureBag
+from .cohort import Cohort, _valid_time, assemble_case
+
+__all__ = ["Problem", "PreflightError", "PreflightWarning", "PreflightReport", "preflight"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem, with the case, slide and file it concerns where known."""
+
+    message: str
+    case_id: str | None = None
+    slide_id: str | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = [f"case {self.case_id!r}" if self.case_id else "",
+                 f"slide {self.slide_id!r}" if self.slide_id else "",
+                 f"({self.path})" if self.path else ""]
+        prefix = " ".join(w for w in where if w)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class PreflightError(ValueError):
+    """The cohort has problems; ``problems`` lists every one of them."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"pre-flight check of {source} found {len(problems)} problem(s):\n{lines}")
+
+
+class PreflightWarning(UserWarning):
+    """Cases dropped by a pre-flight check with ``skip_missing=True``."""
+
+
+@dataclass
+class PreflightReport:
+    """The checked cohort (without dropped cases), its feature width and what was dropped."""
+
+    cohort: Cohort
+    feature_dim: int | None
+    problems: list[Problem] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    n_instances: dict[str, int] = field(default_factory=dict)
+
+
+def _table_problems(cohort: Cohort) -> list[Problem]:
+    out: list[Problem] = []
+    for i, r in enumerate(cohort.rows):
+        if not r.case_id:
+            out.append(Problem(f"row {i + 2} of the table has no case id", slide_id=r.slide_id or None))
+    seen: dict[str, list[str]] = {}
+    for r in cohort.rows:
+        if r.slide_id:
+            seen.setdefault(r.slide_id, []).append(r.case_id)
+    for slide, cases in seen.items():
+        if len(cases) > 1:
+            for case in sorted(set(cases)):
+                out.append(Problem(f"duplicate slide id, listed {len(cases)} times "
+                                   f"(cases {sorted(set(cases))})", case_id=case or None, slide_id=slide))
+    for case in cohort.case_ids:
+        rows = cohort._cases[case]
+        if not any(r.slide_id for r in rows):
+            out.append(Problem("case has no slides", case_id=case))
+        if cohort.kind == "classification":
+            labels = {r.label for r in rows}
+            for lab in sorted(labels, key=str):
+                if lab is None:
+                    out.append(Problem("missing label", case_id=case))
+                elif lab not in cohort.classes:
+                    out.append(Problem(f"unknown label {lab!r} (classes: {cohort.classes})", case_id=case))
+            if len(labels) > 1:
+                out.append(Problem(f"slides of the case have different labels {sorted(map(str, labels))}",
+                                   case_id=case))
+        else:
+            targets = {(r.time, r.event) for r in rows}
+            for t, e in targets:
+                if not _valid_time(t):
+                    out.append(Problem(f"invalid survival time {t!r}", case_id=case))
+                if e is None or (isinstance(e, float) and math.isnan(e)) or e not in (0.0, 1.0):
+                    out.append(Problem(f"invalid event/censorship value {e!r} (expected 0 or 1)", case_id=case))
+            if len(targets) > 1:
+                out.append(Problem("slides of the case have different survival targets", case_id=case))
+    return out
+
+
+def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
+    """Read every slide of ``cohort`` and check it; see the module docstring.
+
+    Raises :class:`PreflightError` listing every problem, unless ``skip_missing``: then the
+    cases with problems are dropped (a :class:`PreflightWarning` names them) and the report's
+    ``cohort`` holds the rest. Problems without a case (a row without case id) always raise.
+    """
+    problems = _table_problems(cohort)
+    bags: dict[str, list[FeatureBag]] = {}
+    widths: Counter[int] = Counter()
+    for case in cohort.case_ids:
+        for slide in cohort.slides(case):
+            path = cohort.slide_path(slide)
+            if path is None:
+                where = ", ".join(str(d) for d in cohort.feature_dirs)
+                problems.append(Problem(f"feature file not found in {where}", case, slide))
+                continue
+            try:
+                bag = cohort.read_slide(slide, cohort._slide_mpp(case, slide))
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
+                problems.append(Problem(f"unreadable: {exc}", case, slide, str(path)))
+                continue
+            bags.setdefault(case, []).append(bag)
+            widths[bag.dim] += 1
+    dim = widths.most_common(1)[0][0] if widths else None
+    counts: dict[str, int] = {}
+    for case, slide_bags in bags.items():
+        bad = False
+        for bag in slide_bags:
+            if bag.dim != dim:
+                bad = True
+                problems.append(Problem(f"feature width {bag.dim}, the cohort's is {dim}", case,
+                                        bag.slide_ids[0], bag.meta.get("path")))
+        if bad:
+            continue
+        try:
+            counts[case] = assemble_case(case, slide_bags).n
+        except ValueError as exc:
+            problems.append(Problem(f"slides do not form one bag: {exc}", case))
+    if not problems:
+        return PreflightReport(cohort, dim, n_instances=counts)
+    caseless = [p for p in problems if p.case_id is None]
+    if not skip_missing or caseless:
+        raise PreflightError(cohort.source, problems)
+    dropped = sorted({p.case_id for p in problems if p.case_id})
+    keep = [c for c in cohort.case_ids if c not in set(dropped)]
+    lines = "\n".join(f"  - {p}" for p in problems)
+    warnings.warn(f"pre-flight check of {cohort.source}: dropped {len(dropped)} case(s) "
+                  f"{dropped}:\n{lines}", PreflightWarning, stacklevel=2)
+    return PreflightReport(cohort.subset(keep), dim, problems, dropped,
+                           {c: n for c, n in counts.items() if c in keep})
