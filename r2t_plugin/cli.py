@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import sys
 
-# name -> (module, help); modules are imported only when their subcommand runs
+# name -> (module, help); each module keeps heavy imports inside run()
 SUBCOMMANDS: dict[str, tuple[str, str]] = {}
 
 
@@ -14,10 +14,11 @@ def _available() -> dict[str, tuple[str, str]]:
     found = {}
     for name, (module, help_) in SUBCOMMANDS.items():
         try:
-            importlib.util.find_spec(module)
+            spec = importlib.util.find_spec(module)
         except ModuleNotFoundError:
-            continue
-        found[name] = (module, help_)
+            spec = None
+        if spec is not None:
+            found[name] = (module, help_)
     return found
 
 
