@@ -7,7 +7,9 @@ import importlib.util
 import sys
 
 # name -> (module, help); each module keeps heavy imports inside run()
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("r2t_plugin.plugins_cli", "list stages, aggregators, adapters and readers with their providers"),
+}
 
 
 def _available() -> dict[str, tuple[str, str]]:

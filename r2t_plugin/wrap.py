@@ -114,26 +114,30 @@ def input_width(module: nn.Module) -> int | None:
 
 
 def find_projection(module: nn.Module, prefix: str = "") -> tuple[str, int] | None:
-    """Where the first ``Linear → activation`` of ``module`` ends, and its width.
+    """Where the first ``Linear → activation`` on instances of ``module`` ends, and its width.
 
-    Looks for an ``nn.Sequential`` starting with ``Linear, activation`` (optionally then
-    ``Dropout``) whose Linear is the first Linear of ``module``. Returns the submodule path
-    to hook (the Sequential itself when that is all it holds, else its activation or
-    dropout child) and the projection width; None when the model has no such block.
+    Candidates are ``module`` itself (if an ``nn.Sequential``) and its direct ``nn.Sequential``
+    children (``proj``, ``fc``, ``attention_net``, ...) that start with ``Linear, activation``
+    (optionally then ``Dropout``), and whose Linear is the first Linear of ``module`` -- so a
+    Linear → tanh inside a nested attention block is never taken for the projection. Returns
+    the submodule path to hook (the Sequential itself when that is all it holds, else its
+    activation or dropout child) and the width; None when there is no such block.
     """
     first = next(_linears(module), None)
     if first is None:
         return None
-    for name, m in module.named_modules():
-        if not isinstance(m, nn.Sequential):
-            continue
+    candidates = [("", module)] if isinstance(module, nn.Sequential) else []
+    candidates += [(n, m) for n, m in module.named_children() if isinstance(m, nn.Sequential)]
+    for name, m in candidates:
         kids = list(m.children())
         if len(kids) < 2 or kids[0] is not first[1] or not isinstance(kids[1], ACTIVATIONS):
             continue
         end = 2 if len(kids) > 2 and isinstance(kids[2], nn.Dropout) else 1
         path = name if end == len(kids) - 1 else f"{name}.{end}" if name else str(end)
-        width = int(first[1].out_features)
-        return (f"{prefix}.{path}" if prefix and path else prefix or path), width
+        full = ".".join(p for p in (prefix, path) if p)
+        if not full:
+            return None  # the whole model is the projection: nothing after it to feed
+        return full, int(first[1].out_features)
     return None
 
 

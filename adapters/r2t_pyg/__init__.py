@@ -1,0 +1,97 @@
+"""r2t_pyg: R²T for torch-geometric graph MIL models that take a ``Data`` / ``Batch``.
+
+Recognised: a module with a ``MessagePassing`` layer whose forward takes the graph first
+(argument named ``data`` / ``batch`` / ``graph``, or annotated with a torch_geometric data
+class). The graph's ``x`` (nodes of every bag), ``batch`` (bag of each node; one bag when
+absent) and ``pos`` (patch coordinates, optional) feed the stage, which runs per bag on a
+padded view and gives the nodes back in their order. Placement ``"after_projection"``
+(the model's first ``Linear → activation`` block, a direct child) or ``"input"`` (``x``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from r2t_plugin.hookspecs import hookimpl
+from r2t_plugin.wrap import AdapterError, R2TWrapper, find_projection, forward_parameters
+
+__all__ = ["PygWrapper", "is_pyg_model", "r2t_adapt"]
+
+_GRAPH_ARG_NAMES = ("data", "batch", "graph")
+
+
+def is_pyg_model(model: Any) -> bool:
+    """A module with a MessagePassing layer whose forward takes a Data / Batch first."""
+    if not isinstance(model, nn.Module):
+        return False
+    from torch_geometric.nn import MessagePassing
+
+    if not any(isinstance(m, MessagePassing) for m in model.modules()):
+        return False
+    params = list(forward_parameters(model).values())
+    if not params:
+        return False
+    first = params[0]
+    ann = first.annotation if isinstance(first.annotation, str) else getattr(first.annotation, "__name__", "")
+    return first.name in _GRAPH_ARG_NAMES or any(k in str(ann) for k in ("Data", "Batch"))
+
+
+def _width(model: nn.Module) -> int | None:
+    for m in model.modules():
+        w = getattr(m, "in_features", None) or getattr(m, "in_channels", None)
+        if isinstance(w, int) and w > 0:
+            return w
+    return None
+
+
+class PygWrapper(R2TWrapper):
+    """``forward(data, *args, **kwargs)`` as the model; R²T on ``data.x`` per bag."""
+
+    def forward(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        x = getattr(data, "x", None)
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise AdapterError(f"{type(self.inner).__name__} wrapped for torch_geometric expects a Data/Batch "
+                               "with node features x (num_nodes, D)")
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        ctx = {"batch": batch, "pos": getattr(data, "pos", None)}
+        if self.placement == "input":
+            data = copy.copy(data)
+            data.x = self.reembed(x, **ctx)
+            return self.inner(data, *args, **kwargs)
+        with self.stage_context(**ctx):
+            return self.inner(data, *args, **kwargs)
+
+    def reembed(self, h: Tensor, batch: Tensor | None = None, pos: Tensor | None = None, **_: Any) -> Tensor:
+        """Nodes (num_nodes, C) → padded bags → stage → nodes again."""
+        from torch_geometric.utils import to_dense_batch
+
+        self._check_wrapped()
+        if h.dim() != 2 or batch is None or h.shape[0] != batch.shape[0]:
+            raise AdapterError(f"node features at {self.hook_path or 'the input'} have shape {tuple(h.shape)}, "
+                               f"expected ({0 if batch is None else batch.shape[0]}, C)")
+        dense, mask = to_dense_batch(h, batch)
+        coords = to_dense_batch(pos, batch)[0] if pos is not None else None
+        return self.stage(dense, mask=mask, coords=coords)[mask]
+
+
+@hookimpl
+def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
+    if not is_pyg_model(model):
+        return None
+    found = find_projection(model)
+    placement = options.get("placement") or ("after_projection" if found else "input")
+    if placement == "after_projection":
+        if found is None:
+            raise AdapterError(f"{type(model).__name__} has no first Linear → activation block; "
+                               "use placement='input'")
+        path, width = found
+        return PygWrapper(model, stage_factory(width, width), placement, path)
+    width = _width(model)
+    if width is None:
+        raise AdapterError(f"cannot tell the node feature width of {type(model).__name__}")
+    return PygWrapper(model, stage_factory(width, width), placement)
