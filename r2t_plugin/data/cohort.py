@@ -237,7 +237,11 @@ class Cohort:
         slides = self.slides(case_id)
         if not slides:
             raise CohortError(f"{self.source}: case {case_id!r} has no slides")
-        bags = [self.read_slide(s, self._slide_mpp(case_id, s)) for s in slides]
+        bags = []
+        for s in slides:
+            bag = self.read_slide(s, self._slide_mpp(case_id, s))
+            bag.slide_ids = (s,)  # the table's id, not the file's name
+            bags.append(bag)
         bag = assemble_case(case_id, bags, **self.target(case_id))
         if self.cache:
             self._cached[case_id] = bag

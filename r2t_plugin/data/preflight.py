@@ -121,7 +121,9 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
             try:
                 bag = cohort.read_slide(slide, cohort._slide_mpp(case, slide))
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
-                problems.append(Problem(f"unreadable: {exc}", case, slide, str(path)))
+                text = str(exc)
+                text = text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
+                problems.append(Problem(f"cannot use file: {text}", case, slide, str(path)))
                 continue
             bags.setdefault(case, []).append(bag)
             widths[bag.dim] += 1
