@@ -10,6 +10,8 @@ padded view and gives the nodes back in their order. Placement ``"after_projecti
 from __future__ import annotations
 
 import copy
+import re
+import sys
 from typing import Any
 
 import torch
@@ -25,18 +27,17 @@ _GRAPH_ARG_NAMES = ("data", "batch", "graph")
 
 def is_pyg_model(model: Any) -> bool:
     """A module with a MessagePassing layer whose forward takes a Data / Batch first."""
-    if not isinstance(model, nn.Module):
+    tg_nn = sys.modules.get("torch_geometric.nn")  # a model with PyG layers has imported it
+    if not isinstance(model, nn.Module) or tg_nn is None:
         return False
-    from torch_geometric.nn import MessagePassing
-
-    if not any(isinstance(m, MessagePassing) for m in model.modules()):
+    if not any(isinstance(m, tg_nn.MessagePassing) for m in model.modules()):
         return False
     params = list(forward_parameters(model).values())
     if not params:
         return False
     first = params[0]
     ann = first.annotation if isinstance(first.annotation, str) else getattr(first.annotation, "__name__", "")
-    return first.name in _GRAPH_ARG_NAMES or any(k in str(ann) for k in ("Data", "Batch"))
+    return first.name in _GRAPH_ARG_NAMES or re.search(r"\b(Data|Batch|BaseData)\b", str(ann)) is not None
 
 
 def _width(model: nn.Module) -> int | None:
