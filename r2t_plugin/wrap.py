@@ -101,7 +101,7 @@ def forward_parameters(model: nn.Module) -> dict[str, inspect.Parameter]:
 
 def _linears(module: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     for name, m in module.named_modules():
-        if isinstance(m, (nn.Linear, nn.LazyLinear)) or type(m).__name__ == "LazyLinear":
+        if isinstance(m, nn.Linear):  # nn.LazyLinear included (in_features 0 until first call)
             yield name, m
 
 
