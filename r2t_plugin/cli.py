@@ -9,6 +9,7 @@ import sys
 # name -> (module, help); each module keeps heavy imports inside run()
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("r2t_plugin.plugins_cli", "list stages, aggregators, adapters and readers with their providers"),
+    "heatmap": ("r2t_plugin.heatmap.cli", "draw a model's instance scores on a slide (or on every test slide of a compare run)"),
 }
 
 

@@ -1,0 +1,29 @@
+"""Heatmaps: a model's instance scores drawn at the patches' places, on the slide if given.
+
+``r2t heatmap`` (see :mod:`r2t_plugin.heatmap.cli`); in Python::
+
+    from r2t_plugin.heatmap import load_model, slide_heatmap
+    slide_heatmap(load_model("out/runs/abmil__r2t__fold0__seed0"), "slide.h5", "slide.png", wsi="slide.svs")
+
+Names are imported on first use, so that ``r2t --help`` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ModelSpec": "model", "LoadedModel": "model", "CheckpointError": "model", "build_model": "model",
+    "load_model": "model", "save_model": "model",
+    "SlideScores": "scores", "HeatmapError": "scores", "score_bag": "scores",
+    "Rendered": "render", "draw_heatmap": "render", "percentile_ranks": "render",
+    "slide_heatmap": "slide", "BatchItem": "batch", "run_batch": "batch", "write_index": "batch",
+    "SlideThumbnail": "wsi", "WSIError": "wsi", "open_wsi": "wsi", "read_thumbnail": "wsi",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

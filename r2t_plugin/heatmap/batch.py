@@ -1,0 +1,132 @@
+"""Heatmaps of every test slide of an ``r2t compare`` run, with an ``index.html`` grid.
+
+Each test case of the run's fold is scored as the harness scored it (its case-level bag,
+all slides together); each of its slides gets its own PNG (its patches, back at their own
+level-0 coordinates). The index shows them in a grid with the true and predicted labels.
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data.files import atomic_write_text
+from .model import LoadedModel
+from .render import check_fits
+from .scores import HeatmapError, score_bag
+from .slide import check_bag, draw_slide
+from .wsi import WSIError, read_thumbnail
+
+__all__ = ["BatchItem", "run_batch", "write_index", "WSI_SUFFIXES"]
+
+WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One slide of the batch: its PNG (relative to the index) or the error that stopped it."""
+
+    slide_id: str
+    case_id: str
+    truth: str
+    predicted: str
+    correct: bool | None
+    png: str | None = None
+    error: str | None = None
+
+
+def find_wsi(wsi_dir: Path, slide_id: str) -> Path | None:
+    """``{wsi_dir}/{slide_id}{suffix}`` for a known slide suffix (or the slide id as a file name)."""
+    if (wsi_dir / slide_id).is_file() and Path(slide_id).suffix.lower() in WSI_SUFFIXES:
+        return wsi_dir / slide_id
+    for suffix in WSI_SUFFIXES:
+        if (p := wsi_dir / f"{slide_id}{suffix}").is_file():
+            return p
+    return None
+
+
+def _truth(bag, spec) -> str:
+    if spec.task == "classification":
+        return spec.class_name(int(bag.label))
+    return f"{bag.time:g} ({'event' if bag.event else 'censored'})"
+
+
+def run_batch(loaded: LoadedModel, out_dir: str | os.PathLike, wsi_dir: str | os.PathLike | None = None,
+              *, max_size: int = 2048) -> list[BatchItem]:
+    """Draw every test slide of ``loaded``'s compare run into ``out_dir`` and write the index."""
+    run = loaded.run
+    if run is None:
+        raise HeatmapError(f"{loaded.source}: the test-split batch needs a run of r2t compare "
+                           "(its folder runs/<run_id>), not a stand-alone checkpoint")
+    out_dir = Path(out_dir)
+    spec = loaded.spec
+    cohort = run.cohort()
+    items: list[BatchItem] = []
+    for case_id in run.test_cases():
+        bag = cohort.load_case(case_id)
+        check_bag(bag, spec, f"case {case_id!r}")
+        scored = score_bag(loaded.model, bag, spec)
+        truth, predicted = _truth(bag, spec), scored.prediction_text(spec)
+        correct = None if scored.predicted is None else scored.predicted == int(bag.label)
+        slides = bag.meta.get("slides", list(bag.slide_ids))
+        offsets = bag.meta.get("slide_offsets", [(0.0, 0.0)] * len(slides))
+        for slide_id, (a, b), (dx, dy) in zip(slides, bag.meta["slide_slices"], offsets):
+            item = BatchItem(slide_id, case_id, truth, predicted, correct)
+            coords = bag.coords[a:b].numpy().astype(np.float64) - np.array([dx, dy])
+            try:
+                thumb = None
+                if wsi_dir is not None:
+                    path = find_wsi(Path(wsi_dir), slide_id)
+                    if path is None:
+                        raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
+                    thumb = read_thumbnail(path, max_size)
+                    check_fits(coords, bag.patch_size, thumb, f"slide {slide_id!r}")
+                png = f"{_SAFE.sub('-', slide_id)}.png"
+                draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
+                           f"{slide_id} (case {case_id})", out_dir / png, thumb, max_size=max_size)
+                items.append(replace(item, png=png))
+            except (WSIError, HeatmapError) as exc:
+                items.append(replace(item, error=str(exc)))
+    write_index(out_dir / "index.html", items, f"{spec.title}: test slides of {run.run_dir.name}")
+    return items
+
+
+def write_index(path: str | os.PathLike, items: list[BatchItem], title: str) -> Path:
+    """An HTML page showing the heatmaps in a grid with true and predicted labels (atomic)."""
+    e = html.escape
+    judged = [i.correct for i in items if i.correct is not None]
+    summary = f"{len(items)} slides"
+    if judged:
+        summary += f", {sum(judged)} of {len(judged)} correctly classified (per slide, by case)"
+    cards = []
+    for it in items:
+        mark = "" if it.correct is None else (" ✓" if it.correct else " ✗")
+        cls = "" if it.correct is None else (" ok" if it.correct else " wrong")
+        body = (f'<a href="{e(it.png)}"><img src="{e(it.png)}" loading="lazy" alt="{e(it.slide_id)}"></a>'
+                if it.png else f'<p class="error">{e(it.error or "")}</p>')
+        cards.append(f'<figure class="card{cls}">{body}<figcaption><b>{e(it.slide_id)}</b> '
+                     f'(case {e(it.case_id)})<br>true: {e(it.truth)}<br>{e(it.predicted)}{mark}</figcaption></figure>')
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 1em; }}
+.card {{ margin: 0; border: 1px solid #ccc; border-radius: 6px; padding: .5em; }}
+.card.ok {{ border-color: #3a3; }} .card.wrong {{ border-color: #c33; }}
+.card img {{ width: 100%; height: auto; }}
+figcaption {{ font-size: .85em; line-height: 1.4; }}
+.error {{ color: #c33; font-size: .85em; }}
+</style></head><body>
+<h1>{e(title)}</h1>
+<p>{e(summary)}</p>
+<div class="grid">
+{chr(10).join(cards)}
+</div>
+</body></html>
+"""
+    return atomic_write_text(path, page)

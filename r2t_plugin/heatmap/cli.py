@@ -1,0 +1,72 @@
+"""``r2t heatmap``: instance scores of a trained model drawn on its slides.
+
+One slide::
+
+    r2t heatmap --checkpoint RUN_OR_CKPT --features SLIDE.h5 [--wsi SLIDE.svs] -o OUT.png
+
+Every test slide of an ``r2t compare`` run (one PNG per slide and ``index.html``)::
+
+    r2t heatmap --checkpoint COMPARE_OUT/runs/RUN_ID --test-split [--wsi-dir SLIDES/] -o OUT_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``r2t heatmap``."""
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
+                        help="a run folder of r2t compare (runs/<run_id>) or its best.pt, or a "
+                             "self-describing model checkpoint (r2t_plugin.heatmap.save_model)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--features", metavar="SLIDE.h5", help="feature file of one slide (with coordinates)")
+    what.add_argument("--test-split", action="store_true",
+                      help="every slide of the run's test split (needs a compare run)")
+    parser.add_argument("--wsi", metavar="SLIDE", help="the slide, to draw on its thumbnail (needs openslide)")
+    parser.add_argument("--wsi-dir", metavar="DIR", help="with --test-split: folder of the slides, named by slide id")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="PNG to write (one slide) or folder (with --test-split)")
+    parser.add_argument("--size", type=int, default=2048, metavar="PX",
+                        help="longest side of the slide image in pixels (default 2048)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw the heatmap(s); 0 on success, 1 if some slides of a batch failed, 2 on an error."""
+    from ..bag import BagError
+    from ..data.readers import ReaderError
+    from .batch import run_batch
+    from .model import CheckpointError, load_model
+    from .scores import HeatmapError
+    from .slide import slide_heatmap
+    from .wsi import WSIError
+
+    if args.wsi and args.test_split:
+        print("r2t heatmap: error: --wsi is for one slide; use --wsi-dir with --test-split", file=sys.stderr)
+        return 2
+    if args.wsi_dir and not args.test_split:
+        print("r2t heatmap: error: --wsi-dir goes with --test-split; use --wsi for one slide", file=sys.stderr)
+        return 2
+    if args.size < 64:
+        print(f"r2t heatmap: error: --size must be >= 64, got {args.size}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        loaded = load_model(args.checkpoint)
+        if args.test_split:
+            items = run_batch(loaded, args.output, args.wsi_dir, max_size=args.size)
+            failed = [i for i in items if i.error]
+            for item in failed:
+                print(f"r2t heatmap: {item.slide_id}: {item.error}", file=sys.stderr)
+            print(f"{len(items) - len(failed)} heatmaps and index.html in {args.output} "
+                  f"({time.perf_counter() - t0:.1f} s)")
+            return 1 if failed else 0
+        done = slide_heatmap(loaded, args.features, args.output, args.wsi, max_size=args.size)
+    except (CheckpointError, HeatmapError, WSIError, ReaderError, BagError) as exc:
+        print(f"r2t heatmap: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{done.path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
