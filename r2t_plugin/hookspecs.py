@@ -36,7 +36,11 @@ def r2t_register_aggregators(registry: Any) -> None:
 def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> Any:
     """Return ``model`` with a re-embedding stage inserted, or None if not recognised.
 
-    ``stage_factory(in_dim: int | None, out_dim: int | None = None) -> nn.Module``.
+    ``stage_factory(in_dim: int | None, out_dim: int | None = None) -> nn.Module`` builds
+    the stage (already residual when the user asked for ``residual=True``); ``options``:
+    ``{"placement": "after_projection" | "input" | None}`` (None: the adapter's default).
+    Adapters usually return a :class:`r2t_plugin.wrap.R2TWrapper` subclass; the generic
+    fallback (``r2t_plugin.wrap``) is registered ``trylast``.
     """
 
 
