@@ -40,7 +40,9 @@ class R2TABMIL(nn.Module):
         return cls(in_dim, n_classes, dim, mode="official", **options)
 
     def forward(self, x: Tensor | BagBatch, mask: Tensor | None = None,
-                coords: Tensor | None = None, patch_size=None) -> dict[str, Tensor]:
+                coords: Tensor | None = None, patch_size=None, label: Tensor | None = None
+                ) -> dict[str, Tensor]:
+        """``label`` is accepted for the aggregator contract and unused (no auxiliary loss)."""
         if isinstance(x, BagBatch):
             x, mask, coords, patch_size = x.features, x.mask, x.coords, x.patch_size
         single = x.dim() == 2

@@ -45,13 +45,6 @@ def r2t_stage(in_dim: int | None, out_dim: int | None = None, *, dim: int | None
                None if out_dim in (None, dim) else out_dim, **options)
 
 
-class _R2TABMIL(R2TABMIL):
-    """:class:`R2TABMIL` under the registry's aggregator contract (``label`` is accepted, unused)."""
-
-    def forward(self, x, mask=None, coords=None, patch_size=None, label=None):  # noqa: D102
-        return super().forward(x, mask=mask, coords=coords, patch_size=patch_size)
-
-
 @hookimpl
 def r2t_register_stages(registry: Any) -> None:
     registry.add("r2t", r2t_stage)
@@ -60,4 +53,4 @@ def r2t_register_stages(registry: Any) -> None:
 
 @hookimpl
 def r2t_register_aggregators(registry: Any) -> None:
-    registry.add("r2t_abmil", lambda in_dim, n_out, **options: _R2TABMIL(in_dim, n_out, **options))
+    registry.add("r2t_abmil", lambda in_dim, n_out, **options: R2TABMIL(in_dim, n_out, **options))

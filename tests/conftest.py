@@ -1,0 +1,4 @@
+"""Suite-wide settings: tests use tiny tensors, where extra threads only add overhead."""
+import torch
+
+torch.set_num_threads(1)
