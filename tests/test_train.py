@@ -162,3 +162,52 @@ def test_survival_run_reports_c_index(tmp_path):
     assert {"c_index", "c_index_ipcw", "ibs", "loss"} <= set(res.test) and 0 <= res.test["c_index"] <= 1
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["result"]["best_epoch"] == res.best_epoch
+
+
+def grid_bags(n: int, seed: int) -> list[FeatureBag]:
+    """Small bags with coordinates on a 4 x 3 patch grid (for graph and R²T models)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(3), indexing="ij"), -1).reshape(-1, 2) * 256.0
+    return [FeatureBag(torch.randn(12, D, generator=g), coords=xy, patch_size=256.0, label=i % 2, case_id=str(i))
+            for i in range(n)]
+
+
+def test_clam_instance_loss_path_trains(tmp_path):
+    seed_everything(0)
+    model = create_aggregator("clam_sb", D, 2, dim=16, hidden=8, k_sample=2)
+    res = fit(model, ClassificationTask(2), grid_bags(4, 1), grid_bags(2, 2), grid_bags(2, 3),
+              TrainConfig(**{**CFG, "epochs": 1}), tmp_path)
+    assert res.epochs_run == 1 and torch.isfinite(torch.tensor(res.test["loss"]))
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    res = fit(abmil(), ClassificationTask(2), easy_bags(6, 1), easy_bags(4, 2), easy_bags(4, 3),
+              TrainConfig(**{**CFG, "epochs": 2, "amp": "bf16"}), tmp_path)
+    assert res.epochs_run == 2 and 0 <= res.test["accuracy"] <= 1
+
+
+BUILTIN = ["abmil", "gated_abmil", "mean", "max", "clam_sb", "clam_mb", "dsmil", "dtfd", "transmil", "patch_gcn"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("r2t", [False, True], ids=["plain", "r2t"])
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_builtin_aggregator_trains_with_and_without_r2t(tmp_path, name, r2t):
+    from r2t_plugin.wrap import with_r2t
+
+    seed_everything(0)
+    model = create_aggregator(name, D, 2, dim=16)
+    if r2t:
+        model = with_r2t(model)
+    res = fit(model, ClassificationTask(2), grid_bags(4, 1), grid_bags(2, 2), grid_bags(2, 3),
+              TrainConfig(**{**CFG, "epochs": 2}), tmp_path)
+    assert res.epochs_run == 2 and torch.isfinite(torch.tensor(res.test["loss"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_cuda_run_with_mixed_precision(tmp_path, amp):
+    res = fit(abmil(), ClassificationTask(2), easy_bags(32, 1), easy_bags(16, 2), easy_bags(40, 3),
+              TrainConfig(**{**CFG, "device": "cuda", "amp": amp}), tmp_path)
+    assert res.test["auc"] > 0.9 and res.peak_memory_kind == "cuda_max_allocated"
