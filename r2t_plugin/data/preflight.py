@@ -109,9 +109,12 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
     ``cohort`` holds the rest. Problems without a case (a row without case id) always raise.
     """
     problems = _table_problems(cohort)
-    bags: dict[str, list[FeatureBag]] = {}
+    bad_cases = {p.case_id for p in problems}
     widths: Counter[int] = Counter()
-    for case in cohort.case_ids:
+    slide_dims: list[tuple[str, str, int, str | None]] = []  # case, slide, width, path
+    counts: dict[str, int] = {}
+    for case in cohort.case_ids:  # one case in memory at a time
+        slide_bags: list[FeatureBag] = []
         for slide in cohort.slides(case):
             path = cohort.slide_path(slide)
             if path is None:
@@ -125,23 +128,26 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
                 text = text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
                 problems.append(Problem(f"cannot use file: {text}", case, slide, str(path)))
                 continue
-            bags.setdefault(case, []).append(bag)
+            bag.slide_ids = (slide,)
+            slide_bags.append(bag)
             widths[bag.dim] += 1
-    dim = widths.most_common(1)[0][0] if widths else None
-    counts: dict[str, int] = {}
-    for case, slide_bags in bags.items():
-        bad = False
-        for bag in slide_bags:
-            if bag.dim != dim:
-                bad = True
-                problems.append(Problem(f"feature width {bag.dim}, the cohort's is {dim}", case,
-                                        bag.slide_ids[0], bag.meta.get("path")))
-        if bad:
-            continue
+            slide_dims.append((case, slide, bag.dim, str(path)))
+        if not slide_bags or len({b.dim for b in slide_bags}) > 1:
+            continue  # reported below, against the cohort's width
         try:
-            counts[case] = assemble_case(case, slide_bags).n
+            if cohort.cache and case not in bad_cases and len(slide_bags) == len(cohort.slides(case)):
+                cohort._cached[case] = assemble_case(case, slide_bags, **cohort.target(case))
+                counts[case] = cohort._cached[case].n
+            else:
+                counts[case] = assemble_case(case, slide_bags).n
         except ValueError as exc:
             problems.append(Problem(f"slides do not form one bag: {exc}", case))
+    dim = widths.most_common(1)[0][0] if widths else None
+    for case, slide, width, path in slide_dims:
+        if width != dim:
+            problems.append(Problem(f"feature width {width}, the cohort's is {dim}", case, slide, path))
+            counts.pop(case, None)
+            cohort._cached.pop(case, None)
     if not problems:
         return PreflightReport(cohort, dim, n_instances=counts)
     caseless = [p for p in problems if p.case_id is None]

@@ -98,3 +98,13 @@ def test_survival_targets_are_checked(writer):
     with pytest.raises(PreflightError) as info:
         preflight(Cohort(csv, writer.features, time_col="time", event_col="event"))
     assert sorted(p.case_id for p in info.value.problems) == ["b", "c"]
+
+
+def test_with_cache_the_checked_bags_are_not_read_again(writer, monkeypatch):
+    for i in range(3):
+        writer.slide(f"s{i}")
+    csv = writer.table([{"case_id": f"c{i}", "slide_id": f"s{i}", "label": i % 2} for i in range(3)])
+    cohort = Cohort(csv, writer.features, label_col="label", cache=True)
+    report = preflight(cohort)
+    monkeypatch.setattr(cohort, "read_slide", lambda *a, **k: pytest.fail("read again"))
+    assert [b.label for b in report.cohort.bags()] == [0, 1, 0]
