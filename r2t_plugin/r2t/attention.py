@@ -1,11 +1,15 @@
 """The two attention layers of R²T: R-MSA with EPEG (§3) and CR-MSA (§4).
 
-Both work on a :class:`~r2t_plugin.r2t.regions.Regions` partition, so that the official
-(zero-padded, unmasked) and the default (masked) behaviour share one implementation:
-the partition alone says which slots are keys and which outputs go back.
+Both work on the batch's real tokens, flattened to (T, C), and a
+:class:`~r2t_plugin.r2t.regions.Regions` partition, so that the official (zero-padded,
+unmasked) and the default (masked) behaviour share one implementation.
 
-EPEG uses the identity of §8: a (k x 1) convolution of the logits along the query axis
-is attention with queries ``q + depthwise_conv1d(q)``; the bias cancels in the softmax.
+R-MSA is token-wise projections around :func:`region_attention`, which attends inside
+the regions one chunk at a time in the forward AND the backward pass: it never holds the
+logits (or any slot-shaped temporary) of more than one chunk. EPEG uses the identity of
+§8: a (k x 1) convolution of the logits along the query axis is attention with queries
+``q + depthwise_conv1d(q)`` (the bias cancels in the softmax), so every chunk is one call
+of a fused attention kernel.
 """
 from __future__ import annotations
 
@@ -15,79 +19,232 @@ from torch import Tensor, nn
 
 from .regions import Regions
 
-__all__ = ["RegionAttention", "CrossRegionAttention"]
+__all__ = ["RegionAttention", "CrossRegionAttention", "region_attention", "gather_slots", "gather_tokens"]
 
-# regions attended per call: bounds the logits held at once (chunk * heads * P * P floats)
-_LOGIT_BUDGET = 2**24
+# slots per chunk of regions: bounds every temporary of the region attention
+CHUNK_TOKENS = 8192
+# on CPU, call the fused kernel and its backward directly (no forward recomputation)
+_FUSED_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-    """softmax(q kᵀ / sqrt(d)) v over the last two axes; ``key_mask`` (R, P) True = key."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+# ---------------------------------------------------------------- slot <-> token gathers
+class _Rows(torch.autograd.Function):
+    """``out[i] = src[index[i]]``, zero where ``index[i] == len(src)``.
+
+    Every source row is read by at most one output row, so the backward is the same
+    gather with the inverse index (no scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(index, inverse)
+        return _take(src, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, inverse = ctx.saved_tensors
+        return _take(grad, inverse), None, None
+
+
+def _take(src: Tensor, index: Tensor) -> Tensor:
+    n = src.shape[0]
+    out = src.index_select(0, index.clamp(max=n - 1))
+    return out.masked_fill_((index >= n)[:, None], 0)
+
+
+def gather_slots(x: Tensor, regions: Regions) -> Tensor:
+    """(T, C) tokens -> (M, C) rows of :attr:`Regions.slots` (empty slots zero)."""
+    return _Rows.apply(x, regions.slots, regions.slot_of_token)
+
+
+def gather_tokens(y: Tensor, regions: Regions) -> Tensor:
+    """(M, C) slot rows -> (T, C) tokens (what every token's slot holds)."""
+    return _Rows.apply(y, regions.slot_of_token, regions.slots)
+
+
+# ---------------------------------------------------------------- region attention
+def _epeg(q: Tensor, w: Tensor | None) -> Tensor:
+    """``q + conv(q)`` along the slot axis; ``q`` (n, p, h, d), ``w`` (h, k) or None."""
+    if w is None:
+        return q
+    n, p, h, d = q.shape
+    k = w.shape[1]
+    weight = w.repeat_interleave(d, dim=0)[:, None, :, None]  # (C, 1, k, 1)
+    x = q.reshape(n, p, 1, h * d).permute(0, 3, 1, 2)  # (n, C, p, 1), channels-last strides
+    conv = F.conv2d(x, weight, padding=(k // 2, 0), groups=h * d)
+    return q + conv.permute(0, 2, 3, 1).reshape(n, p, h, d)
+
+
+def _additive_mask(active: Tensor, n: int, p: int, dtype: torch.dtype) -> Tensor:
+    """(n, 1, 1, p) 0 for keys, -inf for the rest."""
+    m = torch.zeros(n, 1, 1, p, dtype=dtype, device=active.device)
+    return m.masked_fill_(~active.view(n, 1, 1, p), float("-inf"))
+
+
+def _heads(x: Tensor, n: int, p: int, h: int) -> Tensor:
+    """(n * p, h * d) rows -> (n, h, p, d) view."""
+    return x.view(n, p, h, -1).transpose(1, 2)
+
+
+class _RegionAttention(torch.autograd.Function):
+    """``qkv = x W^T + b``, then softmax(q̃ kᵀ / sqrt(d)) v inside every region, chunk by chunk.
+
+    ``x`` (T, C) layer-normed tokens. The projections of all tokens live in one (T + 1, 3C)
+    buffer whose last row is what an empty slot holds: the projection of a zero token
+    (the bias: official pads, which take part) or zero (default mode: q = 0, never a key).
+    Saved for the backward: ``x``, the projections and the output (T, C), and on the fused
+    CPU path the log-sum-exp; the backward recomputes each chunk's EPEG queries (and, off
+    that path, its attention) and never holds more than one chunk's temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, w: Tensor | None, regions: Regions,
+                heads: int, chunk_tokens: int) -> Tensor:
+        t, c = x.shape
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        fused = _FUSED_CPU and x.device.type == "cpu"
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            xs, wt, b = x.to(dt), weight.to(dt), bias.to(dt)
+            w_c = None if w is None else w.to(dt)
+            qkv = xs.new_empty(t + 1, 3 * c)
+            torch.addmm(b, xs, wt.t(), out=qkv[:t])
+            qkv[t] = b if regions.pads_active else 0
+            out = xs.new_empty(t + 1, c)  # row t collects what empty slots produce
+            lse = []
+            for idx, act, n, p in _chunks(regions, chunk_tokens):
+                q, k, v = _qkv_chunk(qkv, idx, n, p, heads, w_c)
+                mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
+                if fused:
+                    o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+                    lse.append(l)
+                else:
+                    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                out.index_copy_(0, idx, o.transpose(1, 2).reshape(n * p, c))
+            out[t] = 0
+        ctx.save_for_backward(xs, weight, w, qkv, out)
+        ctx.lse, ctx.regions, ctx.heads, ctx.chunk_tokens, ctx.fused = lse, regions, heads, chunk_tokens, fused
+        ctx.bias_dtype = bias.dtype
+        return out[:t]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        xs, weight, w, qkv, out = ctx.saved_tensors
+        regions, heads = ctx.regions, ctx.heads
+        t, c = xs.shape
+        dt = qkv.dtype
+        go_all = qkv.new_empty(t + 1, c)
+        go_all[:t] = grad_out
+        go_all[t] = 0
+        grad_qkv = qkv.new_empty(t + 1, 3 * c)
+        need_w = w is not None and ctx.needs_input_grad[3]
+        grad_pad = torch.zeros(1, 3 * c, dtype=dt, device=qkv.device)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=qkv.device) if need_w else None
+        w_c = None if w is None else w.detach().to(dt)
+        with torch.autocast(qkv.device.type, enabled=False):
+            for i, (idx, act, n, p) in enumerate(_chunks(regions, ctx.chunk_tokens)):
+                go = _heads(go_all.index_select(0, idx), n, p, heads)
+                mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
+                rows = qkv.index_select(0, idx).view(n, p, 3, heads, -1)
+                with torch.enable_grad():
+                    q_in = rows[:, :, 0].detach().requires_grad_()
+                    w_l = None if w_c is None else w_c.requires_grad_(need_w)
+                    q = _epeg(q_in, w_l).transpose(1, 2)
+                    k, v = rows[:, :, 1].transpose(1, 2), rows[:, :, 2].transpose(1, 2)
+                    if ctx.fused:
+                        o = _heads(out.index_select(0, idx), n, p, heads)
+                        gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                            go, q.detach(), k, v, o, ctx.lse[i], 0.0, False, attn_mask=mask)
+                        wanted = [q_in] + ([w_l] if need_w else [])
+                        grads = torch.autograd.grad(q, wanted, gq)
+                    else:
+                        k, v = k.detach().requires_grad_(), v.detach().requires_grad_()
+                        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                        wanted = [q_in, k, v] + ([w_l] if need_w else [])
+                        grads = torch.autograd.grad(o, wanted, go)
+                        gk, gv = grads[1], grads[2]
+                        grads = [grads[0]] + list(grads[3:])
+                if need_w:
+                    grad_w += grads[1].float()
+                gx = torch.cat([grads[0].reshape(n, p, c), gk.transpose(1, 2).reshape(n, p, c),
+                                gv.transpose(1, 2).reshape(n, p, c)], dim=2).view(n * p, 3 * c)
+                if regions.pads_active:
+                    grad_pad += (idx == t).to(dt)[None] @ gx
+                grad_qkv.index_copy_(0, idx, gx)
+            grad_qkv = grad_qkv[:t]
+            grad_x = grad_w_qkv = grad_b = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad_qkv @ weight.to(dt)).to(xs.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w_qkv = (grad_qkv.t() @ xs).to(weight.dtype)
+            if ctx.needs_input_grad[2]:
+                grad_b = (grad_qkv.sum(0, dtype=torch.float32) + grad_pad[0].float()).to(ctx.bias_dtype)
+        return grad_x, grad_w_qkv, grad_b, None if grad_w is None else grad_w.to(w.dtype), None, None, None
+
+
+def _qkv_chunk(qkv: Tensor, idx: Tensor, n: int, p: int, h: int, w: Tensor | None):
+    """(n, h, p, d) EPEG queries, keys and values of a chunk's slots."""
+    rows = qkv.index_select(0, idx).view(n, p, 3, h, -1)
+    q = _epeg(rows[:, :, 0], w).transpose(1, 2)
+    return q, rows[:, :, 1].transpose(1, 2), rows[:, :, 2].transpose(1, 2)
+
+
+def _chunks(regions: Regions, chunk_tokens: int):
+    """(slot tokens, slot active, regions, slots per region) of every chunk of regions."""
+    slots, active = regions.slots, regions.slot_active
+    for (s, e, p), off in zip(regions.groups, regions.offsets()):
+        step = max(1, chunk_tokens // p)
+        for r0 in range(0, e - s, step):
+            n = min(step, e - s - r0)
+            a, b = off + r0 * p, off + (r0 + n) * p
+            yield slots[a:b], active[a:b], n, p
+
+
+def region_attention(x: Tensor, weight: Tensor, bias: Tensor, w: Tensor | None, regions: Regions,
+                     heads: int, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
+    """(T, C) tokens -> (T, C) attention output inside regions, with ``qkv = x W^T + b``.
+
+    ``w`` (h, k): the EPEG kernel, or None. Regions are attended ``chunk_tokens`` slots at
+    a time. Official pads (``regions.pads_active``) are zero tokens (their projection is
+    ``b``); in the default mode empty slots have q = 0 and are never keys.
+    """
+    return _RegionAttention.apply(x, weight, bias, w, regions, heads, chunk_tokens)
 
 
 class RegionAttention(nn.Module):
     """R-MSA: multi-head self-attention inside each region, with EPEG (§3).
 
     Parameters follow the reference: ``qkv`` Linear(C, 3C), ``proj`` Linear(C, C), and
-    ``pe`` a depthwise (k x 1) convolution weight (heads, 1, k, 1) with a bias (heads,).
+    ``pe`` a depthwise (k x 1) convolution weight (heads, 1, k, 1) with a bias (heads,)
+    (the bias is kept for checkpoints; it cancels in the softmax).
     """
 
     def __init__(self, dim: int, heads: int, epeg: bool = True, epeg_k: int = 15,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, chunk_tokens: int = CHUNK_TOKENS) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         if epeg and epeg_k % 2 == 0:
             raise ValueError(f"epeg_k must be odd (an even kernel changes the number of rows), got {epeg_k}")
-        self.heads, self.head_dim = heads, dim // heads
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self.heads, self.head_dim, self.chunk_tokens = heads, dim // heads, chunk_tokens
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
         self.pe = nn.Conv2d(heads, heads, (epeg_k, 1), padding=(epeg_k // 2, 0), groups=heads) if epeg else None
 
-    def _queries(self, q: Tensor, active: Tensor) -> Tensor:
-        """EPEG as a convolution of the queries along the region's slot axis (§8).
-
-        ``q`` (R, h, P, d). Inactive slots are zero queries (default mode); in official
-        mode every slot is active and the pads' queries enter like any other row.
-        """
-        q = q * active[:, None, :, None].to(q.dtype)
-        if self.pe is None:
-            return q
-        r, h, p, d = q.shape
-        w = self.pe.weight[:, 0, :, 0].to(q.dtype)  # (h, k)
-        k = w.shape[1]
-        x = q.permute(0, 3, 1, 2).reshape(r * d, h, p)
-        conv = F.conv1d(x, w[:, None, :], padding=k // 2, groups=h)
-        return q + conv.reshape(r, d, h, p).permute(0, 2, 3, 1)
-
     def forward(self, x: Tensor, regions: Regions) -> Tensor:
-        """x (B, N, C) already layer-normed -> (B, N, C) attention output (not residual)."""
-        tokens = regions.gather(x)  # (R, P, C)
-        r, p, c = tokens.shape
-        h, d = self.heads, self.head_dim
-        chunk = max(1, _LOGIT_BUDGET // (h * p * p))
-        key_mask = None if bool(regions.active.all()) else regions.active
-        outs = []
-        for s in range(0, r, chunk):
-            t = tokens[s : s + chunk]
-            active = regions.active[s : s + chunk]
-            qkv = self.qkv(t).reshape(t.shape[0], p, 3, h, d).permute(2, 0, 3, 1, 4)
-            q = self._queries(qkv[0], active)
-            km = None if key_mask is None else key_mask[s : s + chunk]
-            o = _attend(q, qkv[1], qkv[2], km)
-            outs.append(o.transpose(1, 2).reshape(t.shape[0], p, c))
-        y = self.drop(self.proj(torch.cat(outs)))
-        return regions.scatter(y, x.shape)
+        """x (T, C) layer-normed tokens -> (T, C) attention output (not residual)."""
+        w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
+        o = region_attention(x, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
+        return self.drop(self.proj(o))
 
 
 class CrossRegionAttention(nn.Module):
     """CR-MSA (§4): K representatives per region, attention across regions, dispatch back.
 
     ``phi`` is a (C, K) parameter, or with ``mlp`` a Linear(C, C/4) -> Tanh -> Linear(C/4, K)
-    without biases. ``qkv`` / ``proj`` are the cross-region multi-head attention.
+    without biases. ``qkv`` / ``proj`` are the cross-region multi-head attention. The
+    representatives and the dispatch are batched matrix products per group of regions.
     """
 
     def __init__(self, dim: int, k: int = 3, heads: int = 8, mlp: bool = False,
@@ -108,59 +265,74 @@ class CrossRegionAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def logits(self, tokens: Tensor) -> Tensor:
-        """(R, P, C) -> (R, P, K)."""
+        """(..., C) -> (..., K)."""
         if isinstance(self.phi, nn.Parameter):
             return tokens @ self.phi.to(tokens.dtype)
         return self.phi(tokens)
 
     def _mhsa(self, s: Tensor, key_mask: Tensor | None) -> Tensor:
-        """Plain multi-head self-attention over (G, R, C) sequences."""
+        """Plain multi-head self-attention over (G, R, C) sequences; ``key_mask`` (G, R)."""
         g, r, c = s.shape
         h, d = self.heads, self.head_dim
         qkv = self.qkv(s).reshape(g, r, 3, h, d).permute(2, 0, 3, 1, 4)
-        o = _attend(qkv[0], qkv[1], qkv[2], key_mask)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
         return self.drop(self.proj(o.transpose(1, 2).reshape(g, r, c)))
 
     def forward(self, x: Tensor, regions: Regions, per_bag: bool = True) -> Tensor:
-        """x (B, N, C) already layer-normed -> (B, N, C) output (not residual).
+        """x (T, C) layer-normed tokens -> (T, C) output (not residual).
 
         ``per_bag`` False reproduces the reference: the regions of every bag in the batch
         form one sequence (bags leak into each other).
         """
-        tokens = regions.gather(x)  # (R, P, C)
-        active = regions.active
-        g = self.logits(tokens)  # (R, P, K)
-        neg = torch.finfo(g.dtype).min
-        keep = active[..., None]
-        combine = torch.softmax(g.masked_fill(~keep, neg), dim=1)
-        combine = combine * keep.to(combine.dtype)
-        reps = combine.transpose(1, 2) @ tokens  # (R, K, C)
+        rows = gather_slots(x, regions)  # (M, C)
+        c = rows.shape[1]
+        parts = []
+        for (s, e, p), off in zip(regions.groups, regions.offsets()):
+            n = e - s
+            tok = rows[off : off + n * p].view(n, p, c)
+            keep = regions.active[s:e, :p, None]
+            parts.append((tok, self.logits(tok), keep))
+        reps = []
+        for tok, g, keep in parts:
+            neg = torch.finfo(g.dtype).min
+            combine = torch.softmax(g.masked_fill(~keep, neg), dim=1).masked_fill(~keep, 0)
+            reps.append(combine.transpose(1, 2) @ tok.to(combine.dtype))  # (n, K, C)
+        reps = torch.cat(reps) if len(reps) > 1 else reps[0]
         if per_bag:
-            mixed = self._per_bag(reps, regions.bag)
+            mixed = self._per_bag(reps, regions)
         else:
             mixed = self._mhsa(reps.transpose(0, 1), None).transpose(0, 1)
-        dispatch = torch.softmax(g, dim=2)
-        g_min = g.masked_fill(~keep, float("inf")).amin(dim=1, keepdim=True)
-        g_max = g.masked_fill(~keep, float("-inf")).amax(dim=1, keepdim=True)
-        minmax = (g - g_min) / (g_max - g_min + 1e-8)
-        weights = (minmax * dispatch).masked_fill(~keep, 0.0)
-        y = weights @ mixed  # (R, P, C)
-        return regions.scatter(y, x.shape)
+        ys, at = [], 0
+        for tok, g, keep in parts:
+            n = tok.shape[0]
+            dispatch = torch.softmax(g, dim=2)
+            g_min = g.masked_fill(~keep, float("inf")).amin(dim=1, keepdim=True)
+            g_max = g.masked_fill(~keep, float("-inf")).amax(dim=1, keepdim=True)
+            weights = ((g - g_min) / (g_max - g_min + 1e-8) * dispatch).masked_fill(~keep, 0.0)
+            m = mixed[at : at + n]
+            ys.append((weights.to(m.dtype) @ m).reshape(-1, c))  # (n * p, C)
+            at += n
+        y = torch.cat(ys) if len(ys) > 1 else ys[0]
+        return gather_tokens(y, regions)
 
-    def _per_bag(self, reps: Tensor, bag: Tensor) -> Tensor:
+    def _per_bag(self, reps: Tensor, regions: Regions) -> Tensor:
         """Attention across the regions of each bag separately; (R, K, C) -> (R, K, C)."""
         r, k, c = reps.shape
-        counts = torch.bincount(bag)
-        n_bags, rmax = counts.numel(), int(counts.max())
-        starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(r, device=reps.device) - starts[bag]
-        seq = reps.new_zeros(n_bags, rmax, k, c)
-        seq[bag, pos] = reps
-        key_mask = torch.zeros(n_bags, rmax, dtype=torch.bool, device=reps.device)
-        key_mask[bag, pos] = True
+        counts = regions.bag_regions
+        n_bags, rmax = len(counts), max(counts)
+        if n_bags == 1:
+            return self._mhsa(reps.transpose(0, 1), None).transpose(0, 1)
+        bag = regions.bag
+        first = torch.full((n_bags,), r, dtype=torch.long, device=reps.device)
+        first.scatter_reduce_(0, bag, torch.arange(r, device=reps.device), "amin")
+        pos = torch.arange(r, device=reps.device) - first[bag]
+        seq = reps.new_zeros(n_bags, rmax, k, c).index_put((bag, pos), reps)
+        km = None
+        if min(counts) < rmax:
+            km = torch.zeros(n_bags, rmax, dtype=torch.bool, device=reps.device).index_put_(
+                (bag, pos), torch.ones(r, dtype=torch.bool, device=reps.device))
+            km = km.repeat_interleave(k, dim=0)
         seq = seq.permute(0, 2, 1, 3).reshape(n_bags * k, rmax, c)
-        km = key_mask.repeat_interleave(k, dim=0)
-        if bool(km.all()):
-            km = None
         out = self._mhsa(seq, km).reshape(n_bags, k, rmax, c).permute(0, 2, 1, 3)
         return out[bag, pos]

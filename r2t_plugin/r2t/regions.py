@@ -1,45 +1,66 @@
 """Region partitions (R2T_SPEC.md §2 and §7) as gather indices.
 
-A partition of a batch is a :class:`Regions`: R regions of P slots each, every slot either
-a token of the flattened (B * N) batch or empty. Layers gather tokens into (R, P, C),
-attend inside each region, and scatter the result back. One structure serves every mode:
+A partition of a batch is a :class:`Regions`. The batch's real instances are numbered
+0..T-1 in row-major (bag, position) order (the "tokens"); R regions of up to P slots
+hold them, every slot either a token or empty. Layers gather tokens into slots, attend
+inside each region and gather the result back (both directions are row gathers, since
+every token sits in exactly one slot). One structure serves every mode:
 
 - official (§2): the file-order grid with its zero padding; pads are real zero tokens that
-  take part in attention (``active`` is all True) but are never scattered back;
+  take part in attention (``active`` is all True) but are never gathered back;
 - default (§7): the same grid (``layout="sequence"``) or windows over the patch grid
   (``layout="coords"``); empty slots are inactive (never keys, zero queries) and only
   regions holding at least one instance exist.
+
+Regions of one bag share a size; a batch of bags with different sizes is cut into
+``groups`` of consecutive regions of one size, so small bags never pay for the slots of
+large ones. Building a partition needs at most one device-to-host transfer (none for the
+official grid or an unmasked sequence batch); using it needs none.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..graph import grid_cells, infer_patch_size
-
 __all__ = ["Regions", "official_regions", "sequence_regions", "coords_regions", "RegionError"]
+
+_KEY = 1 << 40  # bag stride of the window / cell keys
 
 
 class RegionError(ValueError):
     """Instances that cannot be placed into regions (e.g. two in one grid cell)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Regions:
-    """A partition of a (B, N) batch into R regions of P slots.
+    """A partition of a batch's T tokens into R regions of at most P slots.
 
-    ``index`` (R, P) long into the flattened batch (B * N); the value B * N marks a slot
-    with no instance (it gathers a zero row). ``active`` (R, P) bool: slots that take part
-    in attention. ``bag`` (R,) long: the bag each region belongs to. ``n_tokens`` = B * N.
+    ``index`` (R, P) long into the tokens; the value T (``n_tokens``) marks an empty slot.
+    ``active`` (R, P) bool: slots that take part in attention. ``bag`` (R,) long: the bag
+    of each region (regions are ordered by bag). ``tokens`` (T,) long: the position of each
+    token in the flattened (B * N) batch, or None when every position is a token.
+    ``groups``: (first region, end, slots used) for runs of regions of one size.
+    ``bag_regions``: the number of regions of each bag. ``pads_active``: the official
+    mode, where every slot is active and an empty slot is a zero token (known on the host).
     """
 
     index: Tensor
     active: Tensor
     bag: Tensor
     n_tokens: int
+    tokens: Tensor | None = None
+    groups: tuple[tuple[int, int, int], ...] = ()
+    bag_regions: tuple[int, ...] = field(default=())
+    pads_active: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = ((0, self.n_regions, self.size),)
 
     @property
     def n_regions(self) -> int:
@@ -51,60 +72,65 @@ class Regions:
 
     @property
     def real(self) -> Tensor:
-        """(R, P) slots that hold an instance of the batch."""
+        """(R, P) slots that hold a token."""
         return self.index < self.n_tokens
 
-    def gather(self, x: Tensor) -> Tensor:
-        """(B, N, C) -> (R, P, C); slots without an instance are zero."""
-        flat = x.reshape(-1, x.shape[-1])
-        flat = torch.cat([flat, flat.new_zeros(1, flat.shape[-1])], dim=0)
-        return flat[self.index]
+    @cached_property
+    def slots(self) -> Tensor:
+        """(M,) the token of every used slot, groups concatenated (T = empty)."""
+        return torch.cat([self.index[s:e, :p].reshape(-1) for s, e, p in self.groups])
 
-    def scatter(self, y: Tensor, shape: torch.Size) -> Tensor:
-        """(R, P, C) -> (B, N, C): each instance's slot is copied back, the rest is zero."""
-        c = y.shape[-1]
-        real = self.real
-        out = y.new_zeros(self.n_tokens, c)
-        out = out.index_copy(0, self.index[real], y[real])
-        return out.reshape(*shape[:-1], c)
+    @cached_property
+    def slot_active(self) -> Tensor:
+        """(M,) bool, ``active`` in the order of :attr:`slots`."""
+        return torch.cat([self.active[s:e, :p].reshape(-1) for s, e, p in self.groups])
+
+    @cached_property
+    def slot_of_token(self) -> Tensor:
+        """(T,) the position in :attr:`slots` of every token."""
+        m = self.slots.numel()
+        inv = torch.full((self.n_tokens + 1,), m, dtype=torch.long, device=self.index.device)
+        inv.scatter_(0, self.slots, torch.arange(m, device=inv.device))
+        return inv[: self.n_tokens]
+
+    def offsets(self) -> list[int]:
+        """Start of each group in :attr:`slots`."""
+        out, at = [], 0
+        for s, e, p in self.groups:
+            out.append(at)
+            at += (e - s) * p
+        return out
 
 
 def _grid_side(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
-def _build(parts: list[tuple[Tensor, Tensor, Tensor, int, int]], n_tokens: int,
-           active_all: bool, device) -> Regions:
-    """Assemble per-bag (token index, region id, slot, n regions, slots) into one Regions.
-
-    Bags may have regions of different sizes; smaller ones get trailing empty slots, which
-    changes nothing (empty slots are zero queries and never keys).
-    """
-    size = max(p[4] for p in parts)
-    idx_parts, bag_parts = [], []
-    for b, (tok, reg, slot, n_reg, _) in enumerate(parts):
-        index = torch.full((n_reg, size), n_tokens, dtype=torch.long, device=device)
-        index[reg, slot] = tok
-        idx_parts.append(index)
-        bag_parts.append(torch.full((n_reg,), b, dtype=torch.long, device=device))
-    index = torch.cat(idx_parts)
-    active = torch.ones_like(index, dtype=torch.bool) if active_all else index < n_tokens
-    return Regions(index=index, active=active, bag=torch.cat(bag_parts), n_tokens=n_tokens)
+def _min_side(min_region_tokens: int) -> int:
+    return max(1, math.ceil(math.sqrt(max(1, min_region_tokens))))
 
 
-def _grid(t: Tensor, side: int, window: int) -> tuple[Tensor, Tensor, int]:
-    """Region id and slot of file positions ``t`` on a side x side grid of window blocks."""
-    row, col = t // side, t % side
+def _block_slots(side: int, window: int, n_regions: int, device) -> Tensor:
+    """(n_regions, window²) file positions of the first regions of a side x side grid cut
+    into window x window blocks; regions row-major over the grid, slots row-major inside."""
     per_side = side // window
-    reg = (row // window) * per_side + (col // window)
-    slot = (row % window) * window + (col % window)
-    return reg, slot, per_side * per_side
+    r = torch.arange(n_regions, device=device)
+    first = (r // per_side) * window * side + (r % per_side) * window
+    s = torch.arange(window * window, device=device)
+    return first[:, None] + ((s // window) * side + s % window)[None, :]
 
 
-def _compact(tok: Tensor, reg: Tensor, slot: Tensor, size: int) -> tuple:
-    """Keep only regions that hold an instance, renumbered in their original order."""
-    used, new_reg = torch.unique(reg, sorted=True, return_inverse=True)
-    return tok, new_reg, slot, int(used.numel()), size
+def _merge_groups(sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """(regions, slots) per bag -> groups of consecutive regions with one size."""
+    groups: list[list[int]] = []
+    at = 0
+    for n_reg, p in sizes:
+        if groups and groups[-1][2] == p:
+            groups[-1][1] += n_reg
+        else:
+            groups.append([at, at + n_reg, p])
+        at += n_reg
+    return tuple(tuple(g) for g in groups if g[1] > g[0])
 
 
 def official_regions(b: int, n: int, region_num: int, device=None) -> Regions:
@@ -114,47 +140,83 @@ def official_regions(b: int, n: int, region_num: int, device=None) -> Regions:
     """
     side = math.ceil(_grid_side(n) / region_num) * region_num
     window = side // region_num
-    t = torch.arange(side * side, device=device)
-    reg, slot, n_reg = _grid(t, side, window)
-    parts = []
-    for i in range(b):
-        tok = torch.where(t < n, t + i * n, torch.full_like(t, b * n))
-        parts.append((tok, reg, slot, n_reg, window * window))
-    return _build(parts, b * n, active_all=True, device=device)
+    pos = _block_slots(side, window, region_num * region_num, device)
+    offset = torch.arange(b, device=device)[:, None, None] * n
+    index = torch.where(pos < n, pos + offset, b * n).reshape(-1, window * window)
+    bag = torch.arange(b, device=device).repeat_interleave(region_num * region_num)
+    return Regions(index=index, active=torch.ones_like(index, dtype=torch.bool), bag=bag, n_tokens=b * n,
+                   bag_regions=(region_num * region_num,) * b, pads_active=True)
 
 
-def _min_side(min_region_tokens: int) -> int:
-    return max(1, math.ceil(math.sqrt(max(1, min_region_tokens))))
+def _compact(mask: Tensor, n_real: int) -> Tensor:
+    """(T,) positions of the True entries of a (B, N) mask in the flattened batch (no sync)."""
+    flat = mask.reshape(-1)
+    target = torch.where(flat, torch.cumsum(flat, 0) - 1, n_real)
+    out = torch.empty(n_real + 1, dtype=torch.long, device=mask.device)
+    out.scatter_(0, target, torch.arange(flat.numel(), device=mask.device))
+    return out[:n_real]
+
+
+def _sequence_grid(nb: int, region_num: int | None, region_size: int | None, m_min: int) -> tuple[int, int]:
+    """Grid side and region side of a bag of ``nb`` instances in the sequence layout."""
+    h0 = _grid_side(nb)
+    if region_size is not None:
+        window = max(region_size, m_min)
+        return math.ceil(h0 / window) * window, window
+    per_side = max(1, min(region_num, h0 // m_min))
+    side = math.ceil(h0 / per_side) * per_side
+    return side, side // per_side
 
 
 def sequence_regions(mask: Tensor, *, region_num: int | None, region_size: int | None,
-                     min_region_tokens: int) -> Regions:
+                     min_region_tokens: int, lengths: list[int] | None = None) -> Regions:
     """Default-mode file-order grid (§7): real instances only, empty slots inactive.
 
     With ``region_num`` L the grid side is rounded up to a multiple of L (as in the
     paper); with ``region_size`` S each region is S x S and their number grows with N.
     Regions never have fewer than ``min_region_tokens`` slots unless the whole bag is
-    smaller; regions without an instance are dropped.
+    smaller; regions without an instance are dropped (they are a suffix of the grid).
+    ``lengths`` (instances per bag) spares the one host transfer when the caller knows it.
     """
     b, n = mask.shape
     device = mask.device
+    if lengths is None:
+        lengths = [int(v) for v in mask.sum(dim=1).tolist()]
+    total = sum(lengths)
+    tokens = None if total == b * n else _compact(mask, total)
     m_min = _min_side(min_region_tokens)
-    lengths = mask.sum(dim=1).tolist()
-    parts = []
-    for i in range(b):
-        nb = int(lengths[i])
-        positions = torch.nonzero(mask[i]).flatten() + i * n
-        h0 = _grid_side(nb)
-        if region_size is not None:
-            window = max(region_size, m_min)
-            side = math.ceil(h0 / window) * window
-        else:
-            per_side = max(1, min(region_num, h0 // m_min))
-            side = math.ceil(h0 / per_side) * per_side
-            window = side // per_side
-        reg, slot, _ = _grid(torch.arange(nb, device=device), side, window)
-        parts.append(_compact(positions, reg, slot, window * window))
-    return _build(parts, b * n, active_all=False, device=device)
+    grids = [_sequence_grid(nb, region_num, region_size, m_min) for nb in lengths]
+    width = max(w for _, w in grids)
+    parts, sizes = [], []
+    start = 0
+    for nb, (side, window) in zip(lengths, grids):
+        # a region is used iff its first slot holds an instance; those form a prefix
+        per_side = side // window
+        n_reg = sum(min(per_side, math.ceil((nb - br * window * side) / window))
+                    for br in range(per_side) if nb > br * window * side)
+        pos = _block_slots(side, window, n_reg, device)
+        index = torch.where(pos < nb, pos + start, total)
+        parts.append(F.pad(index, (0, width * width - window * window), value=total))
+        sizes.append((n_reg, window * window))
+        start += nb
+    index = torch.cat(parts)
+    counts = [r for r, _ in sizes]
+    bag = torch.arange(b, device=device).repeat_interleave(torch.tensor(counts, device=device),
+                                                           output_size=sum(counts))
+    return Regions(index=index, active=index < total, bag=bag, n_tokens=total, tokens=tokens,
+                   groups=_merge_groups(sizes), bag_regions=tuple(counts))
+
+
+def _infer_patch_size(c: Tensor, mask: Tensor) -> Tensor:
+    """(B,) smallest positive gap between the real coordinates of each bag along x or y."""
+    inf = torch.tensor(float("inf"), device=c.device)
+    best = torch.full((c.shape[0],), float("inf"), device=c.device)
+    for axis in range(2):
+        v = torch.where(mask, c[..., axis], inf).sort(dim=1).values
+        gap = v[:, 1:] - v[:, :-1]
+        gap = torch.where(torch.isfinite(gap) & (gap > 0), gap, inf)
+        best = torch.minimum(best, gap.amin(dim=1) if gap.shape[1] else best)
+    return torch.where(torch.isfinite(best), best, torch.ones_like(best))
 
 
 def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
@@ -164,42 +226,79 @@ def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
 
     Grid cell = floor((coord - bag minimum) / patch_size), row from y, column from x.
     Windows of S x S cells (with ``region_num`` L: S = ceil(max(grid h, grid w) / L));
-    only windows holding an instance exist; slots row-major inside a window.
+    only windows holding an instance exist; slots row-major inside a window. Everything
+    is computed on the batch's device in float32 / int64, with one host transfer.
     """
     b, n = mask.shape
     device = mask.device
     m_min = _min_side(min_region_tokens)
-    parts = []
-    for i in range(b):
+    c = coords.to(torch.float32)
+    big = torch.tensor(float("inf"), device=device)
+    cmin = torch.where(mask[..., None], c, big).amin(dim=1)  # (B, 2)
+    ps = _infer_patch_size(c, mask) if patch_size is None else patch_size.to(device, torch.float32)
+    rel = (c - cmin[:, None, :]) / ps[:, None, None]
+    # a small tolerance so that 2 * 256 / 256 never floors to 1.999...
+    cells = torch.floor(rel + 1e-3).clamp(min=0).long().where(mask[..., None], 0)
+    row, col = cells[..., 1], cells[..., 0]
+    gh, gw = row.amax(dim=1) + 1, col.amax(dim=1) + 1  # (B,)
+    if region_size is not None:
+        s = torch.full_like(gh, max(region_size, m_min))
+    else:
+        s = torch.clamp(torch.div(torch.maximum(gh, gw) + region_num - 1, region_num, rounding_mode="floor"),
+                        min=m_min)
+    per_w = torch.div(gw + s - 1, s, rounding_mode="floor")
+    bag = torch.arange(b, device=device)[:, None].expand(b, n)
+    sb = s[:, None]
+    wkey = bag * _KEY + (row // sb) * per_w[:, None] + col // sb
+    wkey = torch.where(mask, wkey, torch.iinfo(torch.long).max).reshape(-1)
+    ckey = torch.where(mask, bag * _KEY + row * gw[:, None] + col, torch.iinfo(torch.long).max).reshape(-1)
+    sorted_c = ckey.sort().values
+    dup = ((sorted_c[1:] == sorted_c[:-1]) & (sorted_c[1:] != torch.iinfo(torch.long).max)).any()
+    wsorted, order = wkey.sort(stable=True)
+    new = torch.ones_like(wsorted, dtype=torch.bool)
+    new[1:] = wsorted[1:] != wsorted[:-1]
+    new &= wsorted != torch.iinfo(torch.long).max
+    region_sorted = torch.cumsum(new, 0) - 1
+    region = torch.empty_like(region_sorted).scatter_(0, order, region_sorted)
+    bag_of_new = torch.where(new, wsorted // _KEY, b)
+    per_bag = torch.bincount(bag_of_new, minlength=b + 1)[:b]
+    lengths = mask.sum(dim=1)
+    stats = torch.cat([dup.reshape(1).long(), lengths, s, per_bag]).tolist()  # the one transfer
+    if stats[0]:
+        _raise_duplicate(mask, cells, coords, ps, bag_names)
+    lengths, sides, per_bag = stats[1 : 1 + b], stats[1 + b : 1 + 2 * b], stats[1 + 2 * b :]
+    total, n_reg = sum(lengths), sum(per_bag)
+    width = max(sides)
+    tok = torch.cumsum(mask.reshape(-1), 0) - 1
+    slot = ((row % sb) * sb + col % sb).reshape(-1)
+    flat_mask = mask.reshape(-1)
+    target = torch.where(flat_mask, region * (width * width) + slot, n_reg * width * width)
+    index = torch.full((n_reg * width * width + 1,), total, dtype=torch.long, device=device)
+    index.scatter_(0, target, torch.where(flat_mask, tok, total))
+    index = index[:-1].reshape(n_reg, width * width)
+    bag_of_region = torch.arange(b, device=device).repeat_interleave(
+        torch.tensor(per_bag, device=device), output_size=n_reg)
+    tokens = None if total == b * n else _compact(mask, total)
+    return Regions(index=index, active=index < total, bag=bag_of_region, n_tokens=total, tokens=tokens,
+                   groups=_merge_groups([(r, w * w) for r, w in zip(per_bag, sides)]),
+                   bag_regions=tuple(per_bag))
+
+
+def _raise_duplicate(mask: Tensor, cells: Tensor, coords: Tensor, ps: Tensor,
+                     bag_names: list[str] | None) -> None:
+    """Name the first bag and pair of instances that share a grid cell (error path)."""
+    for i in range(mask.shape[0]):
         positions = torch.nonzero(mask[i]).flatten()
-        c = coords[i][positions]
-        ps = None if patch_size is None else float(patch_size[i])
-        if ps is None:
-            ps = infer_patch_size(c)
-        cells = grid_cells(c, ps)
-        gh, gw = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
-        key = cells[:, 0] * gw + cells[:, 1]
-        if torch.unique(key).numel() != key.numel():
+        cl = cells[i][positions]
+        key = cl[:, 1] * (int(cl[:, 0].max()) + 1) + cl[:, 0]
+        order = torch.argsort(key, stable=True)
+        k = key[order]
+        same = torch.nonzero(k[1:] == k[:-1]).flatten()
+        if same.numel():
+            a, c = int(positions[order[same[0]]]), int(positions[order[same[0] + 1]])
             name = bag_names[i] if bag_names else f"bag {i} of the batch"
-            dup = _first_duplicate(key, c)
             raise RegionError(
-                f"{name}: two instances fall into one grid cell ({dup}) with patch_size {ps:g}; "
-                "check the coordinates and the patch size (coords must be level-0 top-left corners)"
+                f"{name}: two instances fall into one grid cell (instances {a} at {coords[i, a].tolist()} "
+                f"and {c} at {coords[i, c].tolist()}) with patch_size {float(ps[i]):g}; check the "
+                "coordinates and the patch size (coords must be level-0 top-left corners)"
             )
-        if region_size is not None:
-            s = max(region_size, m_min)
-        else:
-            s = max(math.ceil(max(gh, gw) / region_num), m_min)
-        per_w = math.ceil(gw / s)
-        reg = (cells[:, 0] // s) * per_w + (cells[:, 1] // s)
-        slot = (cells[:, 0] % s) * s + (cells[:, 1] % s)
-        parts.append(_compact(positions + i * n, reg, slot, s * s))
-    return _build(parts, b * n, active_all=False, device=device)
-
-
-def _first_duplicate(key: Tensor, coords: Tensor) -> str:
-    order = torch.argsort(key, stable=True)
-    k = key[order]
-    same = torch.nonzero(k[1:] == k[:-1]).flatten()
-    a, b = int(order[same[0]]), int(order[same[0] + 1])
-    return (f"instances {a} at {coords[a].tolist()} and {b} at {coords[b].tolist()}")

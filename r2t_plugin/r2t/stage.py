@@ -3,16 +3,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import make_activation
-from .attention import CrossRegionAttention, RegionAttention
+from .attention import CHUNK_TOKENS, CrossRegionAttention, RegionAttention
 from .regions import Regions, coords_regions, official_regions, sequence_regions
 
 __all__ = ["R2T"]
+
+
+def _require(cond: Tensor, message: str, confirm: Callable[[], Tensor] | None = None) -> None:
+    """Raise ValueError(message) unless ``cond`` (and, when given, unless ``confirm()``, a
+    slower exact test); on an accelerator, an asynchronous device assertion of ``cond``
+    instead, so that checking never waits for the device."""
+    if cond.device.type == "cpu":
+        if not bool(cond) and (confirm is None or not bool(confirm())):
+            raise ValueError(message)
+    else:
+        torch._assert_async(cond, message)
 
 Mode = Literal["default", "official"]
 Layout = Literal["sequence", "coords"]
@@ -44,6 +56,10 @@ class R2T(nn.Module):
     :meth:`official`) reproduces the reference implementation exactly (§2-§4): no
     masking, the file-order grid with zero padding, CR-MSA on a fixed 8 x 8 partition and
     across the bags of a batch. ``mode="default"`` is §7.
+
+    ``chunk_tokens``: region slots attended at a time (bounds the attention's temporaries
+    in the forward and the backward pass; results do not depend on it). Token-wise work
+    runs on the batch's real instances only, never on padding.
     """
 
     def __init__(
@@ -69,6 +85,7 @@ class R2T(nn.Module):
         input_dropout: float = 0.25,
         dropout: float = 0.1,
         mode: Mode = "default",
+        chunk_tokens: int = CHUNK_TOKENS,
     ) -> None:
         super().__init__()
         if mode not in ("default", "official"):
@@ -97,7 +114,7 @@ class R2T(nn.Module):
             region_num=region_num, region_size=region_size, min_region_tokens=min_region_tokens,
             layout=layout, epeg=epeg, epeg_k=epeg_k, crmsa=crmsa, crmsa_k=crmsa_k,
             crmsa_heads=crmsa_heads, crmsa_mlp=crmsa_mlp, all_shortcut=all_shortcut, act=act,
-            input_dropout=input_dropout, dropout=dropout, mode=mode,
+            input_dropout=input_dropout, dropout=dropout, mode=mode, chunk_tokens=chunk_tokens,
         )
         if in_dim is not None:
             self.proj = nn.Sequential(nn.Linear(in_dim, dim), make_activation(act), nn.Dropout(input_dropout))
@@ -105,7 +122,7 @@ class R2T(nn.Module):
             self.proj = None
         n_rmsa = n_layers - 1 if crmsa else n_layers
         self.layers = nn.ModuleList(
-            _PreNorm(dim, RegionAttention(dim, heads, epeg, epeg_k, dropout)) for _ in range(n_rmsa)
+            _PreNorm(dim, RegionAttention(dim, heads, epeg, epeg_k, dropout, chunk_tokens)) for _ in range(n_rmsa)
         )
         self.crmsa = _PreNorm(dim, CrossRegionAttention(dim, crmsa_k, crmsa_heads, crmsa_mlp, dropout)) if crmsa else None
         self.norm = nn.LayerNorm(dim)
@@ -134,15 +151,18 @@ class R2T(nn.Module):
 
     # ------------------------------------------------------------------ regions
     def partition(self, mask: Tensor, coords: Tensor | None, patch_size: Tensor | None,
-                  bag_names: list[str] | None = None) -> Regions:
-        """The default-mode partition of a padded batch (one for both layers)."""
+                  bag_names: list[str] | None = None, lengths: list[int] | None = None) -> Regions:
+        """The default-mode partition of a padded batch (one for both layers).
+
+        ``lengths``: instances per bag when known on the host (spares a device transfer).
+        """
         kw = dict(region_num=self.region_num, region_size=self.region_size,
                   min_region_tokens=self.min_region_tokens)
         if self.layout == "coords":
             if coords is None:
                 raise ValueError("layout='coords' needs coords (B, N, 2) in level-0 pixels")
             return coords_regions(mask, coords, patch_size, bag_names=bag_names, **kw)
-        return sequence_regions(mask, **kw)
+        return sequence_regions(mask, lengths=lengths, **kw)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, mask: Tensor | None = None, coords: Tensor | None = None,
@@ -155,33 +175,35 @@ class R2T(nn.Module):
         self._check(x, mask, coords)
         b, n, _ = x.shape
         if patch_size is not None and not isinstance(patch_size, Tensor):
-            patch_size = torch.full((b,), float(patch_size))
-        if self.proj is not None:
-            x = self.proj(x)
+            patch_size = torch.full((b,), float(patch_size), device=x.device)
         if self.mode == "official":
-            out = self._official(x)
+            regions = official_regions(b, n, self.region_num, x.device)
+            # the reference's CR-MSA always uses 8 x 8 regions
+            cr = regions if self.region_num == 8 else official_regions(b, n, 8, x.device)
+            if b > 1 and self.crmsa is not None:
+                warnings.warn(
+                    "R2T official mode with a batch of several bags reproduces the reference: "
+                    "CR-MSA mixes regions of different bags. Use batch size 1 or the default mode.",
+                    stacklevel=2,
+                )
         else:
+            lengths = None
             if mask is None:
-                mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
-            regions = self.partition(mask, coords, patch_size)
-            out = self._encode(x, regions, regions, per_bag=True)
-            out = out * mask[..., None].to(out.dtype)
+                mask, lengths = torch.ones(b, n, dtype=torch.bool, device=x.device), [n] * b
+            regions = cr = self.partition(mask, coords, patch_size, lengths=lengths)
+        flat = x.reshape(b * n, x.shape[-1])
+        if regions.tokens is not None:
+            flat = flat.index_select(0, regions.tokens)
+        h = self.proj(flat) if self.proj is not None else flat
+        h = self._encode(h, regions, cr, per_bag=self.mode != "official")
+        if regions.tokens is None:
+            out = h.reshape(b, n, h.shape[-1])
+        else:
+            out = h.new_zeros(b * n, h.shape[-1]).index_copy(0, regions.tokens, h).reshape(b, n, -1)
         return out[0] if single else out
 
-    def _official(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        if b > 1 and self.crmsa is not None:
-            warnings.warn(
-                "R2T official mode with a batch of several bags reproduces the reference: "
-                "CR-MSA mixes regions of different bags. Use batch size 1 or the default mode.",
-                stacklevel=3,
-            )
-        rmsa = official_regions(b, n, self.region_num, x.device)
-        # the reference's CR-MSA always uses 8 x 8 regions
-        cr = official_regions(b, n, 8, x.device) if self.crmsa is not None else None
-        return self._encode(x, rmsa, cr, per_bag=False)
-
     def _encode(self, x: Tensor, rmsa: Regions, cr: Regions | None, per_bag: bool) -> Tensor:
+        """(T, C) tokens through the encoder layers (§1)."""
         shortcut = x
         for layer in self.layers:
             x = x + layer(x, rmsa)
@@ -193,6 +215,7 @@ class R2T(nn.Module):
         return self.head(x) if self.head is not None else x
 
     def _check(self, x: Tensor, mask: Tensor | None, coords: Tensor | None) -> None:
+        """Input checks; on an accelerator the data-dependent ones never wait for the device."""
         if x.dim() != 3:
             raise ValueError(f"R2T expects features (B, N, D) or (N, D), got shape {tuple(x.shape)}")
         want = self.in_dim if self.in_dim is not None else self.dim
@@ -206,15 +229,16 @@ class R2T(nn.Module):
         if mask is not None:
             if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
                 raise ValueError(f"mask must be bool {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-            if self.mode == "official" and not bool(mask.all()):
-                raise ValueError("R2T official mode takes no padding mask (the reference has none); "
-                                 "run bags one at a time or use the default mode")
-            if not bool(mask.any(dim=1).all()):
-                raise ValueError("a bag in the batch has no real instance (mask all False)")
+            if self.mode == "official":
+                _require(mask.all(), "R2T official mode takes no padding mask (the reference has none); "
+                                     "run bags one at a time or use the default mode")
+            _require(mask.any(dim=1).all(), "a bag in the batch has no real instance (mask all False)")
         if coords is not None and coords.shape[:2] != x.shape[:2]:
             raise ValueError(f"coords must be {tuple(x.shape[:2]) + (2,)}, got {tuple(coords.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("R2T got NaN or Inf features")
+        # one reduction instead of an elementwise test: a NaN or Inf anywhere makes the sum
+        # non-finite (the elementwise test then rules out an overflow of huge finite values)
+        _require(torch.isfinite(x.sum(dtype=torch.float32)), "R2T got NaN or Inf features",
+                 confirm=lambda: torch.isfinite(x).all())
 
     def extra_repr(self) -> str:
         o = self.options
