@@ -1,0 +1,336 @@
+"""The ``r2t compare`` configuration: YAML (``yaml.safe_load``), validated with key paths.
+
+Every problem is reported at once, each as ``key.path: what is wrong (valid choices)``.
+Relative paths in the file are resolved against the file's folder. See
+``bench/compare_mil.yaml`` and the README ("r2t compare") for a full example::
+
+    cohort: {csv: cohort.csv, features: features/, task: classification}
+    aggregators: [abmil, {name: transmil, options: {dim: 128}}]
+    variants: [{name: plain}, {name: r2t, r2t: {layout: coords}}]
+    folds: 5
+    seeds: [0, 1]
+    training: {epochs: 20, lr: 2.0e-4}
+    output: runs/my-compare
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+__all__ = ["ConfigError", "CohortConfig", "AggregatorConfig", "VariantConfig", "CompareConfig",
+           "load_config", "parse_config", "TRAINING_KEYS", "r2t_option_names"]
+
+_REQUIRED = object()
+
+
+class ConfigError(ValueError):
+    """An invalid compare configuration; ``problems`` lists every ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Where the cohort is and how to read its targets."""
+
+    csv: Path
+    features: tuple[Path, ...]
+    task: str
+    label_column: str = "label"
+    classes: tuple[str, ...] | None = None
+    time_column: str = "survival_months"
+    event_column: str | None = None
+    censorship_column: str | None = "censorship"
+    format: str | None = None
+    n_bins: int = 4
+    skip_missing: bool = False
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """One aggregator of the grid: registered ``name``, a unique ``id``, factory ``options``."""
+
+    id: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """``plain`` (``r2t is None``) or with R²T (``r2t``: options of ``with_r2t``)."""
+
+    name: str
+    r2t: dict[str, Any] | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        return self.r2t is None
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A validated comparison: cohort, grid axes, training settings, output."""
+
+    cohort: CohortConfig
+    aggregators: tuple[AggregatorConfig, ...]
+    variants: tuple[VariantConfig, ...]
+    folds: int
+    seeds: tuple[int, ...]
+    val_fraction: float
+    split_seed: int
+    training: dict[str, Any]
+    device: str
+    engine: str
+    workers: int
+    output: Path
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def plain_variant(self) -> VariantConfig | None:
+        """The variant without R²T (the baseline of every paired comparison)."""
+        return next((v for v in self.variants if v.is_plain), None)
+
+
+# Training settings passed on to r2t_plugin.train.TrainConfig (seed, device and progress
+# are set per run by the harness).
+TRAINING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "epochs": ((int,), 20),
+    "lr": ((float, int), 2e-4),
+    "weight_decay": ((float, int), 1e-4),
+    "optimizer": ((str,), "adamw"),
+    "batch_size": ((int,), 1),
+    "accumulation": ((int,), 1),
+    "patience": ((int, type(None)), 10),
+    "amp": ((str, type(None)), None),
+    "num_threads": ((int, type(None)), None),
+}
+TASKS = ("classification", "survival")
+ENGINES = ("local",)
+_CHOICES = {
+    "optimizer": ("adam", "adamw"),
+    "amp": (None, "bf16", "fp16"),
+    "layout": ("sequence", "coords"),
+    "placement": ("after_projection", "input"),
+}
+_WRAP_KEYS = ("stage", "placement", "residual")
+
+
+def r2t_option_names() -> list[str]:
+    """Keys allowed under a variant's ``r2t``: the R2T stage options and with_r2t's own."""
+    from ..r2t.stage import R2T
+
+    params = inspect.signature(R2T.__init__).parameters
+    names = [n for n in params if n not in ("self", "in_dim", "out_dim", "mode")]
+    return sorted({*names, *_WRAP_KEYS})
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+class _Checker:
+    """Collects ``path: message`` problems while reading a nested mapping."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def mapping(self, value: Any, path: str, allowed: list[str]) -> dict[str, Any]:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(path or "(top level)", f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{path}.{key}" if path else str(key),
+                          f"unknown key; valid keys: {', '.join(allowed)}")
+        return value
+
+    def get(self, data: dict[str, Any], key: str, path: str, types: tuple[type, ...],
+            default: Any = _REQUIRED, check: Callable[[Any], str | None] | None = None,
+            choices: tuple[Any, ...] | None = None) -> Any:
+        full = f"{path}.{key}" if path else key
+        if key not in data:
+            if default is _REQUIRED:
+                self.fail(full, "required key is missing")
+            return None if default is _REQUIRED else default
+        value = data[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            self.fail(full, f"expected {_type_name(types)}, got {type(value).__name__} {value!r}")
+            return None if default is _REQUIRED else default
+        if choices is not None and value not in choices:
+            self.fail(full, f"{value!r} is not one of: {', '.join(map(str, choices))}")
+        if check is not None and (msg := check(value)):
+            self.fail(full, msg)
+        return value
+
+
+def _positive(v: Any) -> str | None:
+    return None if v >= 1 else f"must be >= 1, got {v}"
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
+    keys = ["csv", "features", "task", "label_column", "classes", "time_column", "event_column",
+            "censorship_column", "format", "n_bins", "skip_missing", "cache"]
+    d = c.mapping(raw, "cohort", keys)
+    csv = c.get(d, "csv", "cohort", (str,))
+    feats = c.get(d, "features", "cohort", (str, list))
+    task = c.get(d, "task", "cohort", (str,), choices=TASKS)
+    out = dict(
+        label_column=c.get(d, "label_column", "cohort", (str,), "label"),
+        classes=c.get(d, "classes", "cohort", (list, type(None)), None),
+        time_column=c.get(d, "time_column", "cohort", (str,), "survival_months"),
+        event_column=c.get(d, "event_column", "cohort", (str, type(None)), None),
+        censorship_column=c.get(d, "censorship_column", "cohort", (str, type(None)), None),
+        format=c.get(d, "format", "cohort", (str, type(None)), None),
+        n_bins=c.get(d, "n_bins", "cohort", (int,), 4, _positive),
+        skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
+        cache=c.get(d, "cache", "cohort", (bool,), True),
+    )
+    if task == "survival":
+        if out["event_column"] and out["censorship_column"]:
+            c.fail("cohort", "give one of event_column (1 = event) or censorship_column (1 = censored), not both")
+        elif not out["event_column"] and not out["censorship_column"]:
+            out["censorship_column"] = "censorship"
+    if isinstance(feats, list) and not all(isinstance(f, str) for f in feats):
+        c.fail("cohort.features", "expected a folder or a list of folders (strings)")
+        feats = None
+    if csv is None or feats is None or task not in TASKS:
+        return None
+    folders = tuple(_path(base, f) for f in ([feats] if isinstance(feats, str) else feats))
+    if out["classes"] is not None:
+        out["classes"] = tuple(str(x) for x in out["classes"])
+    return CohortConfig(csv=_path(base, csv), features=folders, task=task, **out)
+
+
+def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
+    from ..plugins import registry
+
+    known = registry("aggregators").names()
+    if not isinstance(raw, list) or not raw:
+        c.fail("aggregators", f"expected a non-empty list of aggregator names; registered: {', '.join(known)}")
+        return []
+    out: list[AggregatorConfig] = []
+    for i, item in enumerate(raw):
+        path = f"aggregators[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        d = c.mapping(item, path, ["name", "id", "options"])
+        name = c.get(d, "name", path, (str,))
+        ident = c.get(d, "id", path, (str,), name)
+        options = c.get(d, "options", path, (dict,), {})
+        if name is not None and name not in known:
+            c.fail(f"{path}.name", f"{name!r} is not a registered aggregator; registered: {', '.join(known)}")
+            continue
+        if name is not None:
+            out.append(AggregatorConfig(id=ident, name=name, options=dict(options or {})))
+    ids = [a.id for a in out]
+    for dup in sorted({x for x in ids if ids.count(x) > 1}):
+        c.fail("aggregators", f"id {dup!r} appears twice; give each entry a distinct id")
+    return out
+
+
+def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
+    if raw is None:
+        raw = [{"name": "plain"}, {"name": "r2t", "r2t": {}}]
+    if not isinstance(raw, list) or not raw:
+        c.fail("variants", "expected a non-empty list of variants like {name: r2t, r2t: {layout: coords}}")
+        return []
+    allowed = r2t_option_names()
+    out: list[VariantConfig] = []
+    for i, item in enumerate(raw):
+        path = f"variants[{i}]"
+        d = c.mapping(item, path, ["name", "r2t"])
+        name = c.get(d, "name", path, (str,))
+        r2t = None
+        if "r2t" in d:
+            r2t = c.mapping(d["r2t"], f"{path}.r2t", allowed)
+            for key in ("layout", "placement"):
+                if key in r2t:
+                    c.get(r2t, key, f"{path}.r2t", (str,), choices=_CHOICES[key])
+            r2t = {k: v for k, v in r2t.items() if k in allowed}
+        if name is not None:
+            out.append(VariantConfig(name=name, r2t=r2t))
+    names = [v.name for v in out]
+    for dup in sorted({x for x in names if names.count(x) > 1}):
+        c.fail("variants", f"name {dup!r} appears twice")
+    if sum(v.is_plain for v in out) > 1:
+        c.fail("variants", "at most one variant without r2t (the baseline of the paired comparison)")
+    return out
+
+
+def _training(c: _Checker, raw: Any) -> dict[str, Any]:
+    d = c.mapping(raw, "training", list(TRAINING_KEYS))
+    out = {}
+    for key, (types, default) in TRAINING_KEYS.items():
+        check = _positive if key in ("epochs", "batch_size", "accumulation") else None
+        if key == "lr":
+            check = lambda v: None if v > 0 else f"must be > 0, got {v}"  # noqa: E731
+        out[key] = c.get(d, key, "training", types, default, check, _CHOICES.get(key))
+    return out
+
+
+def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "config") -> CompareConfig:
+    """Validate a loaded mapping; raise :class:`ConfigError` listing every problem."""
+    c = _Checker()
+    top = ["cohort", "aggregators", "variants", "folds", "seeds", "val_fraction", "split_seed",
+           "training", "device", "engine", "workers", "output"]
+    d = c.mapping(data, "", top)
+    base = Path(base_dir)
+    cohort = _cohort(c, d.get("cohort"), base) if "cohort" in d else c.fail("cohort", "required key is missing")
+    aggs = _aggregators(c, d.get("aggregators")) if "aggregators" in d else \
+        c.fail("aggregators", "required key is missing") or []
+    variants = _variants(c, d.get("variants"))
+    folds = c.get(d, "folds", "", (int,), 5, lambda v: None if v >= 2 else f"must be >= 2, got {v}")
+    seeds = c.get(d, "seeds", "", (list, int), [0])
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        c.fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    elif len(set(seeds)) != len(seeds):
+        c.fail("seeds", f"seeds repeat: {seeds}")
+    val_fraction = c.get(d, "val_fraction", "", (float,), 0.2,
+                         lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}")
+    split_seed = c.get(d, "split_seed", "", (int,), 0)
+    training = _training(c, d.get("training"))
+    device = c.get(d, "device", "", (str,), "cpu",
+                   lambda v: None if v == "cpu" or v.startswith("cuda") else f"{v!r} is not cpu, cuda or cuda:N")
+    engine = c.get(d, "engine", "", (str,), "local", choices=ENGINES)
+    workers = c.get(d, "workers", "", (int,), 1, _positive)
+    output = c.get(d, "output", "", (str,))
+    if c.problems:
+        raise ConfigError(c.problems, source)
+    return CompareConfig(cohort=cohort, aggregators=tuple(aggs), variants=tuple(variants), folds=folds,
+                         seeds=tuple(seeds), val_fraction=float(val_fraction), split_seed=split_seed,
+                         training=training, device=device, engine=engine, workers=workers, output=_path(base, output),
+                         raw=dict(data))
+
+
+def load_config(path: str | os.PathLike) -> CompareConfig:
+    """Read a YAML config with ``yaml.safe_load`` and validate it."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+    return parse_config(data, path.parent, str(path))

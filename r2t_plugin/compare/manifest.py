@@ -1,0 +1,122 @@
+"""``manifest.json``: what a comparison ran on (config, versions, git commit, data hashes).
+
+It also guards resuming: an output folder whose manifest describes other data or other
+settings for the same aggregator ids / variant names is refused, so results of two
+different comparisons never mix in one ``results.csv``. Adding aggregators, variants or
+seeds to a finished comparison is allowed.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import CompareConfig
+from .fsio import atomic_write_json, sha256_file
+
+__all__ = ["build_manifest", "check_resumable", "write_manifest", "package_versions", "git_commit",
+           "ManifestMismatch"]
+
+PACKAGES = ("r2t-plugin", "torch", "numpy", "scipy", "scikit-learn", "scikit-survival", "pandas", "h5py",
+            "torch-geometric", "pluggy", "matplotlib", "pyyaml", "tqdm", "torchmil", "ray")
+
+
+class ManifestMismatch(RuntimeError):
+    """The output folder holds results of a different comparison."""
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a comparison depends on (None if absent)."""
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the git checkout holding ``path`` (the package by default)."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _fingerprint(config: CompareConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    return _jsonable({
+        "cohort": asdict(config.cohort) | {"csv": None, "features": None},
+        "data": data,
+        "folds": config.folds, "val_fraction": config.val_fraction, "split_seed": config.split_seed,
+        "training": config.training, "device": config.device,
+        "aggregators": {a.id: {"name": a.name, "options": a.options} for a in config.aggregators},
+        "variants": {v.name: v.r2t for v in config.variants},
+    })
+
+
+def hash_data(csv: Path, files: Iterable[Path]) -> dict[str, Any]:
+    """sha256 of the cohort table and of every feature file (by file name)."""
+    return {"cohort_csv": sha256_file(csv),
+            "feature_files": {p.name: sha256_file(p) for p in sorted(set(files))}}
+
+
+def build_manifest(config: CompareConfig, data: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a comparison."""
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": _jsonable(config.raw),
+        "resolved": {"cohort_csv": str(config.cohort.csv), "features": [str(p) for p in config.cohort.features],
+                     "output": str(config.output)},
+        "fingerprint": _fingerprint(config, data),
+        "versions": package_versions(),
+        "git": git_commit(),
+        "platform": {"system": platform.platform(), "machine": platform.machine()},
+        **(extra or {}),
+    }
+
+
+def check_resumable(path: Path, manifest: dict[str, Any]) -> None:
+    """Raise :class:`ManifestMismatch` if ``path`` describes a comparison that differs."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f).get("fingerprint", {})
+    new = manifest["fingerprint"]
+    differ = [k for k in ("cohort", "data", "folds", "val_fraction", "split_seed", "training", "device")
+              if old.get(k) != new.get(k)]
+    for axis in ("aggregators", "variants"):
+        for name, spec in new[axis].items():
+            if name in old.get(axis, {}) and old[axis][name] != spec:
+                differ.append(f"{axis}.{name}")
+    if differ:
+        raise ManifestMismatch(f"{path.parent} holds results of a different comparison ({', '.join(differ)} "
+                               "differ); choose another output folder or delete this one")
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically, keeping the axes of earlier runs in the same folder."""
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        fp = manifest["fingerprint"]
+        for axis in ("aggregators", "variants"):
+            fp[axis] = {**old.get("fingerprint", {}).get(axis, {}), **fp[axis]}
+        manifest["created"] = old.get("created", manifest["created"])
+    atomic_write_json(path, manifest)

@@ -1,0 +1,177 @@
+"""``summary.md``: mean ± std per aggregator x variant, and the paired +R²T − plain test."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import CompareConfig
+from .results import metric_columns
+
+__all__ = ["PairedDiff", "paired_differences", "summarize", "format_summary", "mean_std"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the finite values (std 0 for one value, NaN for none)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """+R²T − plain on one metric, paired over (fold, seed)."""
+
+    aggregator: str
+    variant: str
+    metric: str
+    n: int
+    mean: float
+    std: float
+    wins: int
+    ties: int
+    losses: int
+    p_value: float
+
+
+def wilcoxon_p(diffs: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value (1.0 when every difference is 0, NaN for none)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(wilcoxon(d).pvalue)
+
+
+def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def paired_differences(rows: list[dict[str, Any]], config: CompareConfig, metrics: Sequence[str]) -> list[PairedDiff]:
+    """For each aggregator and each R²T variant: paired differences to the plain variant."""
+    plain = config.plain_variant
+    if plain is None:
+        return []
+    by_key = {(r["aggregator"], r["variant"], r["fold"], r["seed"]): r for r in _ok(rows)}
+    out = []
+    for agg in config.aggregators:
+        for var in config.variants:
+            if var.is_plain:
+                continue
+            for metric in metrics:
+                diffs = []
+                for (a, v, fold, seed), r in by_key.items():
+                    if a != agg.id or v != var.name:
+                        continue
+                    base = by_key.get((a, plain.name, fold, seed))
+                    x, y = r.get(metric), base.get(metric) if base else None
+                    if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+                        continue
+                    diffs.append(x - y)
+                m, s, n = mean_std(diffs)
+                d = np.asarray(diffs)
+                out.append(PairedDiff(agg.id, var.name, metric, n, m, s, int((d > 0).sum()), int((d == 0).sum()),
+                                      int((d < 0).sum()), wilcoxon_p(diffs)))
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], config: CompareConfig, split: str = "test") -> list[dict[str, Any]]:
+    """Per aggregator x variant: ``{metric: (mean, std, n)}`` over finished runs."""
+    ok = _ok(rows)
+    metrics = [m for m in metric_columns({k for r in ok for k in r}, split) if not m.endswith("_loss")]
+    table = []
+    for agg in config.aggregators:
+        for var in config.variants:
+            runs = [r for r in ok if r["aggregator"] == agg.id and r["variant"] == var.name]
+            entry: dict[str, Any] = {"aggregator": agg.id, "variant": var.name, "runs": len(runs)}
+            for m in metrics:
+                entry[m] = mean_std([r.get(m) for r in runs])
+            for col in ("seconds", "params", "epochs"):
+                entry[col] = mean_std([r.get(col) for r in runs])
+            table.append(entry)
+    return table
+
+
+def _fmt(ms: tuple[float, float, int], digits: int = 3) -> str:
+    m, s, n = ms
+    return "–" if n == 0 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def format_summary(rows: list[dict[str, Any]], config: CompareConfig, *, title: str | None = None,
+                   monitor: str | None = None, n_cases: int | None = None) -> str:
+    """The markdown of ``summary.md``."""
+    ok, failed = _ok(rows), [r for r in rows if r.get("status") == "failed"]
+    total = len(config.aggregators) * len(config.variants) * config.folds * len(config.seeds)
+    parts = [f"# {title or 'r2t compare'}", ""]
+    cohort = config.cohort
+    parts.append(f"Cohort `{cohort.csv.name}` ({cohort.task}"
+                 + (f", {n_cases} cases" if n_cases is not None else "") + f"); {config.folds} folds x "
+                 f"{len(config.seeds)} seed(s) {list(config.seeds)}; {len(ok)} of {total} runs finished, "
+                 f"{len(failed)} failed.")
+    parts.append(f"Patient-level splits (`splits/`), validation carved from each training part; "
+                 f"checkpoint chosen on validation{f' {monitor}' if monitor else ''}; test evaluated once per run.")
+    parts.append("")
+    test = summarize(rows, config, "test")
+    metrics = [m for m in test[0] if m.startswith("test_")] if test else []
+    parts += ["## Test metrics (mean ± std over folds x seeds)", ""]
+    parts.append(_table(["aggregator", "variant", "runs", *[m[5:] for m in metrics]],
+                        [[e["aggregator"], e["variant"], str(e["runs"]), *[_fmt(e[m]) for m in metrics]]
+                         for e in test]))
+    plain = config.plain_variant
+    diffs = paired_differences(rows, config, metrics)
+    if diffs:
+        parts += ["", f"## +R²T − {plain.name} (paired over folds x seeds; Wilcoxon signed-rank, two-sided)", ""]
+        lines = []
+        for agg in config.aggregators:
+            for var in config.variants:
+                if var.is_plain:
+                    continue
+                mine = {d.metric: d for d in diffs if d.aggregator == agg.id and d.variant == var.name}
+                cells = [f"{mine[m].mean:+.3f} ± {mine[m].std:.3f} (p={_p(mine[m].p_value)})"
+                         if mine[m].n else "–" for m in metrics]
+                first = mine[metrics[0]] if metrics else None
+                wl = f"{first.wins}/{first.ties}/{first.losses}" if first and first.n else "–"
+                lines.append([agg.id, var.name, str(first.n if first else 0), wl, *cells])
+        parts.append(_table(["aggregator", "variant", "pairs", f"wins/ties/losses ({metrics[0][5:]})" if metrics else "w/t/l",
+                             *[f"Δ {m[5:]}" for m in metrics]], lines))
+        n_pairs = max((d.n for d in diffs), default=0)
+        if n_pairs and n_pairs < 6:
+            parts += ["", f"With {n_pairs} pairs the two-sided Wilcoxon test cannot reach p < 0.05 "
+                          f"(smallest possible p = {2 / 2 ** n_pairs:.3f})."]
+    val = summarize(rows, config, "val")
+    vmetrics = [m for m in val[0] if m.startswith("val_")] if val else []
+    if vmetrics:
+        parts += ["", "## Validation metrics at the selected epoch (mean ± std)", ""]
+        parts.append(_table(["aggregator", "variant", *[m[4:] for m in vmetrics]],
+                            [[e["aggregator"], e["variant"], *[_fmt(e[m]) for m in vmetrics]] for e in val]))
+    parts += ["", "## Cost (mean ± std per run)", ""]
+    parts.append(_table(["aggregator", "variant", "parameters", "epochs", "seconds"],
+                        [[e["aggregator"], e["variant"], _fmt(e["params"], 0), _fmt(e["epochs"], 1),
+                          _fmt(e["seconds"], 1)] for e in test]))
+    if failed:
+        parts += ["", "## Failed runs", ""]
+        parts += [f"- `{r['run_id']}`: {r.get('error', '')} (traceback: `runs/{r['run_id']}/traceback.txt`)"
+                  for r in failed]
+    missing = total - len(ok) - len(failed)
+    if missing > 0:
+        parts += ["", f"{missing} run(s) not run yet: rerun the same command to finish the grid."]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,123 @@
+"""Config validation: every problem reported with its key path and the valid choices."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from r2t_plugin.compare.config import ConfigError, load_config, parse_config
+
+BASE = {
+    "cohort": {"csv": "cohort.csv", "features": "feats", "task": "classification"},
+    "aggregators": ["abmil", {"name": "mean", "id": "meanpool", "options": {"dim": 8}}],
+    "variants": [{"name": "plain"}, {"name": "r2t", "r2t": {"layout": "coords", "heads": 2}}],
+    "folds": 3,
+    "seeds": [0, 1],
+    "training": {"epochs": 2},
+    "output": "out",
+}
+
+
+def _with(**changes):
+    cfg = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = cfg
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        last = keys[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return cfg
+
+
+def _problems(cfg) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg, "/base")
+    return err.value.problems
+
+
+def test_valid_config_and_defaults():
+    cfg = parse_config(BASE, "/base")
+    assert cfg.cohort.csv == Path("/base/cohort.csv") and cfg.cohort.features == (Path("/base/feats"),)
+    assert [a.id for a in cfg.aggregators] == ["abmil", "meanpool"]
+    assert cfg.aggregators[1].options == {"dim": 8}
+    assert cfg.plain_variant.name == "plain" and cfg.variants[1].r2t == {"layout": "coords", "heads": 2}
+    assert cfg.seeds == (0, 1) and cfg.folds == 3 and cfg.val_fraction == 0.2
+    assert cfg.training["epochs"] == 2 and cfg.training["optimizer"] == "adamw"
+    assert cfg.output == Path("/base/out") and cfg.engine == "local" and cfg.workers == 1
+
+
+def test_unknown_keys_name_path_and_valid_keys():
+    problems = _problems(_with(cohort__labels="x", trainig={"epochs": 1}))
+    assert any(p.startswith("cohort.labels: unknown key; valid keys: csv, features, task") for p in problems)
+    assert any(p.startswith("trainig: unknown key; valid keys: cohort, aggregators") for p in problems)
+
+
+def test_wrong_types_and_choices():
+    problems = _problems(_with(folds="five", cohort__task="regression", training__optimizer="sgd",
+                               training__epochs=0, seeds=[0, "a"]))
+    text = "\n".join(problems)
+    assert "folds: expected an integer, got str 'five'" in text
+    assert "cohort.task: 'regression' is not one of: classification, survival" in text
+    assert "training.optimizer: 'sgd' is not one of: adam, adamw" in text
+    assert "training.epochs: must be >= 1, got 0" in text
+    assert "seeds: expected a non-empty list of integers" in text
+    assert len(problems) == 5  # every problem at once
+
+
+def test_bool_is_not_an_integer():
+    assert any(p.startswith("folds: expected an integer, got bool") for p in _problems(_with(folds=True)))
+
+
+def test_unknown_aggregator_lists_registered():
+    problems = _problems(_with(aggregators=["abmil", "nope"]))
+    assert len(problems) == 1
+    assert problems[0].startswith("aggregators[1].name: 'nope' is not a registered aggregator; registered: ")
+    assert "abmil" in problems[0] and "transmil" in problems[0]
+
+
+def test_variant_options():
+    problems = _problems(_with(variants__1__r2t={"layout": "grid", "regoin_num": 4}))
+    text = "\n".join(problems)
+    assert "variants[1].r2t.layout: 'grid' is not one of: sequence, coords" in text
+    assert "variants[1].r2t.regoin_num: unknown key; valid keys:" in text and "region_num" in text
+    two_plain = _problems(_with(variants=[{"name": "a"}, {"name": "b"}]))
+    assert any("at most one variant without r2t" in p for p in two_plain)
+    dup = _problems(_with(aggregators=["abmil", "abmil"]))
+    assert any("id 'abmil' appears twice" in p for p in dup)
+
+
+def test_missing_required():
+    cfg = copy.deepcopy(BASE)
+    del cfg["output"]
+    del cfg["cohort"]["csv"]
+    problems = _problems(cfg)
+    assert "output: required key is missing" in problems
+    assert "cohort.csv: required key is missing" in problems
+
+
+def test_survival_columns():
+    cfg = parse_config(_with(cohort__task="survival"), "/b")
+    assert cfg.cohort.censorship_column == "censorship" and cfg.cohort.event_column is None
+    both = _with(cohort__task="survival")
+    both["cohort"].update(event_column="e", censorship_column="c")
+    assert any("not both" in p for p in _problems(both))
+
+
+def test_load_config_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cohort: {csv: t.csv, features: f, task: classification}\naggregators: [abmil]\n"
+                    "output: o\n")
+    cfg = load_config(path)
+    assert cfg.cohort.csv == tmp_path / "t.csv" and cfg.output == tmp_path / "o"
+    assert [v.name for v in cfg.variants] == ["plain", "r2t"]  # default variants
+    path.write_text("cohort: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
+        load_config(path)
