@@ -106,7 +106,11 @@ def _linears(module: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
 
 
 def input_width(module: nn.Module) -> int | None:
-    """``in_features`` of the first Linear of ``module`` (None if none, or still lazy)."""
+    """The module's ``in_dim`` attribute (aggregator contract), else ``in_features`` of its
+    first Linear (None if none, or still lazy)."""
+    declared = getattr(module, "in_dim", None)
+    if isinstance(declared, int) and declared > 0:
+        return declared
     for _, lin in _linears(module):
         w = getattr(lin, "in_features", 0)
         return int(w) if w else None

@@ -103,12 +103,14 @@ def r2t_register_aggregators(registry: Any) -> None:
 
 @hookimpl
 def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
-    if not is_torchmil_model(model):
+    """torchmil models, and torchmil models registered as aggregators (``torchmil.*``)."""
+    if isinstance(model, TorchmilAggregator):
+        inner, prefix = model.model, "model.feat_ext"
+    elif is_torchmil_model(model) and next(iter(forward_parameters(model)), None) == "X":
+        inner, prefix = model, "feat_ext"
+    else:
         return None
-    first = next(iter(forward_parameters(model)), None)
-    if first != "X":
-        return None
-    feat_ext = getattr(model, "feat_ext", None)
+    feat_ext = getattr(inner, "feat_ext", None)
     return build_tensor_wrapper(model, stage_factory, options.get("placement"),
                                 search_in=feat_ext if isinstance(feat_ext, nn.Module) else nn.Identity(),
-                                prefix="feat_ext")
+                                prefix=prefix)

@@ -92,3 +92,17 @@ def test_registered_as_aggregators(batch):
     assert graph(x, mask=mask, coords=coords)["logits"].shape == (2, 1)
     with pytest.raises(ValueError, match="n_out must be 1 or 2"):
         create_aggregator("torchmil.ABMIL", in_dim=D, n_out=4)
+
+
+@pytest.mark.parametrize("name", ["torchmil.ABMIL", "torchmil.CLAM_SB", "torchmil.PatchGCN"])
+def test_registered_aggregators_can_be_wrapped(batch, name):
+    """with_r2t(create_aggregator("torchmil.X")): identity == original; alone == padded."""
+    x, mask, coords = batch
+    agg = create_aggregator(name, in_dim=D, n_out=2).eval()
+    same = with_r2t(agg, stage="identity").eval()
+    torch.testing.assert_close(same(x, mask=mask, coords=coords)["logits"],
+                               agg(x, mask=mask, coords=coords)["logits"])
+    wrapped = with_r2t(agg, **STAGE).eval()
+    out = wrapped(x, mask=mask, coords=coords)
+    alone = wrapped(x[1:, :5], coords=coords[1:, :5])
+    torch.testing.assert_close(alone["logits"][0], out["logits"][1], rtol=1e-5, atol=1e-5)
