@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("r2t_plugin.compare.cli", "compare aggregators with and without R²T over folds x seeds (or --demo)"),
     "plugins": ("r2t_plugin.plugins_cli", "list stages, aggregators, adapters and readers with their providers"),
     "heatmap": ("r2t_plugin.heatmap.cli", "draw a model's instance scores on a slide (or on every test slide of a compare run)"),
+    "bench": ("r2t_plugin.benchmark", "speed and memory of R²T: fast path vs the straightforward one, per bag size and mode"),
 }
 
 
