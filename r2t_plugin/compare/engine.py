@@ -123,12 +123,14 @@ def _run_cell(cell: Cell, plan: Plan) -> CellOutcome:
     tcfg = TrainConfig(**cfg.training, seed=cell.seed, device=cfg.device, progress=plan.progress, resume=True)
     run_dir = plan.run_root / cell.run_id
     result = fit(model, task, train, val, test, tcfg, run_dir)
-    # predictions of the selected (best-on-validation) checkpoint, for ROC / KM plots
+    # predictions of the selected (best-on-validation) checkpoint, for the ROC / KM plots;
+    # survival also needs the validation risks (the KM risk-group cut is their median)
     task.fit(train)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     preds: list[dict[str, Any]] = []
-    for part, bags in (("val", val), ("test", test)):
+    parts = (("val", val), ("test", test)) if task.kind == "survival" else (("test", test),)
+    for part, bags in parts:
         _, logits = evaluate(model, task, bags, batch_size=tcfg.batch_size, device=cfg.device, amp=tcfg.amp)
         preds += _prediction_rows(task, part, bags, logits)
     d = result.as_dict()

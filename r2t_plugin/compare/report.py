@@ -132,6 +132,9 @@ def format_summary(rows: list[dict[str, Any]], config: CompareConfig, *, title: 
     parts.append("")
     test = summarize(rows, config, "test")
     metrics = [m for m in test[0] if m.startswith("test_")] if test else []
+    if monitor and f"test_{monitor}" in metrics:  # the selection metric first
+        metrics.remove(f"test_{monitor}")
+        metrics.insert(0, f"test_{monitor}")
     parts += ["## Test metrics (mean ± std over folds x seeds)", ""]
     parts.append(_table(["aggregator", "variant", "runs", *[m[5:] for m in metrics]],
                         [[e["aggregator"], e["variant"], str(e["runs"]), *[_fmt(e[m]) for m in metrics]]
@@ -158,7 +161,7 @@ def format_summary(rows: list[dict[str, Any]], config: CompareConfig, *, title: 
             parts += ["", f"With {n_pairs} pairs the two-sided Wilcoxon test cannot reach p < 0.05 "
                           f"(smallest possible p = {2 / 2 ** n_pairs:.3f})."]
     val = summarize(rows, config, "val")
-    vmetrics = [m for m in val[0] if m.startswith("val_")] if val else []
+    vmetrics = [m.replace("test_", "val_", 1) for m in metrics if m.replace("test_", "val_", 1) in (val[0] if val else {})]
     if vmetrics:
         parts += ["", "## Validation metrics at the selected epoch (mean ± std)", ""]
         parts.append(_table(["aggregator", "variant", *[m[4:] for m in vmetrics]],

@@ -8,12 +8,13 @@ resume file).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from .config import CompareConfig, ConfigError
 from .engine import Engine, Plan, build_model, get_engine, make_task, open_cohort
 from .fsio import atomic_write_text
 from .grid import Cell, make_grid
-from .manifest import build_manifest, check_resumable, hash_data, write_manifest
+from .manifest import ManifestMismatch, build_manifest, check_resumable, hash_data, write_manifest
 from .plots import plot_all
 from .report import format_summary
 from .results import ResultsTable, parse_value
@@ -104,14 +105,40 @@ def _commit(out: Path, cell: Cell, outcome, table: ResultsTable) -> None:
     table.record(outcome.row)  # the commit point of the run
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (released by the OS even on SIGKILL); remove temp files that a
+    killed earlier driver left behind."""
+    fh = open(out / ".lock", "w")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except BlockingIOError as exc:
+            raise ManifestMismatch(f"{out}: another r2t compare is running in this folder") from exc
+        for stale in out.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        fh.close()
+
+
 def run_compare(config: CompareConfig, *, engine: Engine | None = None, progress: bool = True,
                 title: str | None = None) -> CompareOutcome:
     """Run (or resume) the comparison of ``config``; write every output under ``config.output``."""
+    config.output.mkdir(parents=True, exist_ok=True)
+    with _exclusive(config.output):
+        return _run_compare(config, engine, progress, title)
+
+
+def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, title: str | None) -> CompareOutcome:
     from ..data import cohort_strata, load_or_make_folds, preflight
 
     t0 = time.perf_counter()
     out = config.output
-    out.mkdir(parents=True, exist_ok=True)
     cohort = open_cohort(config.cohort)
     report = preflight(cohort, skip_missing=config.cohort.skip_missing)
     checked = report.cohort

@@ -1,0 +1,39 @@
+"""A tiny synthetic cohort and a tiny compare config shared by the compare tests."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from r2t_plugin.data.synthetic import SyntheticSpec, generate_cohort
+
+TINY_SPEC = SyntheticSpec(n_cases=16, min_patches=30, max_patches=60, dim=8, two_slide_fraction=0.25)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    return generate_cohort(tmp_path_factory.mktemp("tiny_cohort"), TINY_SPEC)
+
+
+@pytest.fixture
+def tiny_config(tiny_cohort, tmp_path):
+    """A 2 aggregators x 2 variants x 2 folds grid with tiny widths and 2 epochs."""
+    return copy.deepcopy({
+        "cohort": {"csv": str(tiny_cohort.csv), "features": str(tiny_cohort.feature_dir),
+                   "task": "classification"},
+        "aggregators": [{"name": "abmil", "options": {"dim": 8, "hidden": 4}},
+                        {"name": "mean", "options": {"dim": 8}}],
+        "variants": [{"name": "plain"},
+                     {"name": "r2t", "r2t": {"layout": "coords", "heads": 2, "crmsa_heads": 2, "epeg_k": 3}}],
+        "folds": 2,
+        "seeds": [0],
+        "val_fraction": 0.3,
+        "training": {"epochs": 2, "lr": 1e-3, "num_threads": 1},
+        "output": str(tmp_path / "out"),
+    })
+
+
+def write_yaml(path, data) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
