@@ -62,16 +62,19 @@ def gather_tokens(y: Tensor, regions: Regions) -> Tensor:
 
 
 # ---------------------------------------------------------------- region attention
-def _epeg(q: Tensor, w: Tensor | None) -> Tensor:
-    """``q + conv(q)`` along the slot axis; ``q`` (n, p, h, d), ``w`` (h, k) or None."""
+def _epeg(q: Tensor, w: Tensor | None, n: int, p: int) -> Tensor:
+    """``q + conv(q)`` along the slot axis, as one depthwise convolution whose centre tap
+    is ``w + 1``. ``q`` (n * p, C) contiguous slot rows of n regions of p slots, ``w``
+    (h, k) or None. Returns (n, p, C) (channels-last convolution: no layout copies)."""
+    c = q.shape[1]
     if w is None:
-        return q
-    n, p, h, d = q.shape
-    k = w.shape[1]
-    weight = w.repeat_interleave(d, dim=0)[:, None, :, None]  # (C, 1, k, 1)
-    x = q.reshape(n, p, 1, h * d).permute(0, 3, 1, 2)  # (n, C, p, 1), channels-last strides
-    conv = F.conv2d(x, weight, padding=(k // 2, 0), groups=h * d)
-    return q + conv.permute(0, 2, 3, 1).reshape(n, p, h, d)
+        return q.view(n, p, c)
+    h, k = w.shape
+    centre = torch.zeros_like(w)
+    centre[:, k // 2] = 1
+    weight = (w + centre).repeat_interleave(c // h, dim=0)[:, None, :, None]  # (C, 1, k, 1)
+    x = q.view(n, p, 1, c).permute(0, 3, 1, 2)  # (n, C, p, 1) in channels-last memory
+    return F.conv2d(x, weight, padding=(k // 2, 0), groups=c).permute(0, 2, 3, 1).reshape(n, p, c)
 
 
 def _additive_mask(active: Tensor, n: int, p: int, dtype: torch.dtype) -> Tensor:
@@ -81,8 +84,14 @@ def _additive_mask(active: Tensor, n: int, p: int, dtype: torch.dtype) -> Tensor
 
 
 def _heads(x: Tensor, n: int, p: int, h: int) -> Tensor:
-    """(n * p, h * d) rows -> (n, h, p, d) view."""
+    """(n * p, h * d) or (n, p, h * d) rows -> (n, h, p, d) view."""
     return x.view(n, p, h, -1).transpose(1, 2)
+
+
+def _slot_rows(buf: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """The q rows (n * p, C) and the k | v rows (n * p, 2C) of a chunk's slots."""
+    c = buf.shape[1] // 3
+    return buf[:, :c].index_select(0, idx), buf[:, c:].index_select(0, idx)
 
 
 class _RegionAttention(torch.autograd.Function):
@@ -111,7 +120,10 @@ class _RegionAttention(torch.autograd.Function):
             out = xs.new_empty(t + 1, c)  # row t collects what empty slots produce
             lse = []
             for idx, act, n, p in _chunks(regions, chunk_tokens):
-                q, k, v = _qkv_chunk(qkv, idx, n, p, heads, w_c)
+                q_rows, kv_rows = _slot_rows(qkv, idx)
+                kv = kv_rows.view(n, p, 2, heads, -1)
+                q = _heads(_epeg(q_rows, w_c, n, p), n, p, heads)
+                k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
                 mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
                 if fused:
                     o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
@@ -122,7 +134,7 @@ class _RegionAttention(torch.autograd.Function):
             out[t] = 0
         ctx.save_for_backward(xs, weight, w, qkv, out)
         ctx.lse, ctx.regions, ctx.heads, ctx.chunk_tokens, ctx.fused = lse, regions, heads, chunk_tokens, fused
-        ctx.bias_dtype = bias.dtype
+        ctx.bias_dtype, ctx.x_dtype = bias.dtype, x.dtype
         return out[:t]
 
     @staticmethod
@@ -131,60 +143,62 @@ class _RegionAttention(torch.autograd.Function):
         regions, heads = ctx.regions, ctx.heads
         t, c = xs.shape
         dt = qkv.dtype
-        go_all = qkv.new_empty(t + 1, c)
-        go_all[:t] = grad_out
-        go_all[t] = 0
-        grad_qkv = qkv.new_empty(t + 1, 3 * c)
+        need_x, need_wt, need_b = ctx.needs_input_grad[:3]
         need_w = w is not None and ctx.needs_input_grad[3]
-        grad_pad = torch.zeros(1, 3 * c, dtype=dt, device=qkv.device)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=qkv.device) if need_w else None
+        wt = weight.detach().to(dt)
+        grad_x = xs.new_empty(t + 1, c) if need_x else None  # row t: what empty slots would get
+        grad_wt = torch.zeros(3 * c, c, dtype=torch.float32, device=xs.device) if need_wt else None
+        grad_b = torch.zeros(3 * c, dtype=torch.float32, device=xs.device) if need_b else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=xs.device) if need_w else None
         w_c = None if w is None else w.detach().to(dt)
-        with torch.autocast(qkv.device.type, enabled=False):
+        with torch.autocast(xs.device.type, enabled=False):
             for i, (idx, act, n, p) in enumerate(_chunks(regions, ctx.chunk_tokens)):
-                go = _heads(go_all.index_select(0, idx), n, p, heads)
+                go = _heads(_take(grad_out, idx), n, p, heads)
                 mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
-                rows = qkv.index_select(0, idx).view(n, p, 3, heads, -1)
+                q_rows, kv_rows = _slot_rows(qkv, idx)
                 with torch.enable_grad():
-                    q_in = rows[:, :, 0].detach().requires_grad_()
+                    q_in = q_rows.requires_grad_()
+                    kv = kv_rows.requires_grad_(not ctx.fused).view(n, p, 2, heads, -1)
                     w_l = None if w_c is None else w_c.requires_grad_(need_w)
-                    q = _epeg(q_in, w_l).transpose(1, 2)
-                    k, v = rows[:, :, 1].transpose(1, 2), rows[:, :, 2].transpose(1, 2)
+                    q = _heads(_epeg(q_in, w_l, n, p), n, p, heads)
+                    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+                    wanted = [q_in] + ([w_l] if need_w else [])
                     if ctx.fused:
                         o = _heads(out.index_select(0, idx), n, p, heads)
                         gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                             go, q.detach(), k, v, o, ctx.lse[i], 0.0, False, attn_mask=mask)
-                        wanted = [q_in] + ([w_l] if need_w else [])
                         grads = torch.autograd.grad(q, wanted, gq)
                     else:
-                        k, v = k.detach().requires_grad_(), v.detach().requires_grad_()
                         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                        wanted = [q_in, k, v] + ([w_l] if need_w else [])
-                        grads = torch.autograd.grad(o, wanted, go)
-                        gk, gv = grads[1], grads[2]
-                        grads = [grads[0]] + list(grads[3:])
+                        grads = torch.autograd.grad(o, wanted + [kv_rows], go)
+                        gk, gv = (g.transpose(1, 2) for g in grads[-1].view(n, p, 2, heads, -1).unbind(2))
                 if need_w:
                     grad_w += grads[1].float()
-                gx = torch.cat([grads[0].reshape(n, p, c), gk.transpose(1, 2).reshape(n, p, c),
-                                gv.transpose(1, 2).reshape(n, p, c)], dim=2).view(n * p, 3 * c)
-                if regions.pads_active:
-                    grad_pad += (idx == t).to(dt)[None] @ gx
-                grad_qkv.index_copy_(0, idx, gx)
-            grad_qkv = grad_qkv[:t]
-            grad_x = grad_w_qkv = grad_b = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (grad_qkv @ weight.to(dt)).to(xs.dtype)
-            if ctx.needs_input_grad[1]:
-                grad_w_qkv = (grad_qkv.t() @ xs).to(weight.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_b = (grad_qkv.sum(0, dtype=torch.float32) + grad_pad[0].float()).to(ctx.bias_dtype)
-        return grad_x, grad_w_qkv, grad_b, None if grad_w is None else grad_w.to(w.dtype), None, None, None
-
-
-def _qkv_chunk(qkv: Tensor, idx: Tensor, n: int, p: int, h: int, w: Tensor | None):
-    """(n, h, p, d) EPEG queries, keys and values of a chunk's slots."""
-    rows = qkv.index_select(0, idx).view(n, p, 3, h, -1)
-    q = _epeg(rows[:, :, 0], w).transpose(1, 2)
-    return q, rows[:, :, 1].transpose(1, 2), rows[:, :, 2].transpose(1, 2)
+                parts = (grads[0].view(n * p, c), gk.transpose(1, 2).reshape(n * p, c),
+                         gv.transpose(1, 2).reshape(n * p, c))
+                # the projection's gradients, chunk by chunk (no (T, 3C) gradient buffer)
+                if need_x:
+                    gx = parts[0] @ wt[:c]
+                    for j in (1, 2):
+                        gx.addmm_(parts[j], wt[j * c : (j + 1) * c])
+                    grad_x.index_copy_(0, idx, gx)
+                if need_wt:
+                    xr = _take(xs, idx)  # empty slots and pads are zero tokens
+                    for j in range(3):
+                        if dt == torch.float32:
+                            grad_wt[j * c : (j + 1) * c].addmm_(parts[j].t(), xr)
+                        else:
+                            grad_wt[j * c : (j + 1) * c] += (parts[j].t() @ xr).float()
+                if need_b:
+                    # pads are zero tokens (their projection is the bias); empty slots are not
+                    rows = (idx < t) | regions.pads_active
+                    r = rows.to(dt)[None]
+                    for j in range(3):
+                        grad_b[j * c : (j + 1) * c] += (r @ parts[j])[0].float()
+        return (None if grad_x is None else grad_x[:t].to(ctx.x_dtype),
+                None if grad_wt is None else grad_wt.to(weight.dtype),
+                None if grad_b is None else grad_b.to(ctx.bias_dtype),
+                None if grad_w is None else grad_w.to(w.dtype), None, None, None)
 
 
 def _chunks(regions: Regions, chunk_tokens: int):

@@ -30,6 +30,14 @@ Mode = Literal["default", "official"]
 Layout = Literal["sequence", "coords"]
 
 
+def _residual(branch: Tensor, x: Tensor) -> Tensor:
+    """``branch + x``, in place into the branch's fresh output (which nothing saves) when
+    that keeps the residual stream's dtype (under autocast the branch may be narrower)."""
+    if branch.dtype == x.dtype:
+        return branch.add_(x)
+    return x + branch
+
+
 class _PreNorm(nn.Module):
     """``LN`` then an attention module: the residual branch of one encoder layer."""
 
@@ -206,11 +214,11 @@ class R2T(nn.Module):
         """(T, C) tokens through the encoder layers (§1)."""
         shortcut = x
         for layer in self.layers:
-            x = x + layer(x, rmsa)
+            x = _residual(layer(x, rmsa), x)
         if self.crmsa is not None:
-            x = x + self.crmsa(x, cr, per_bag=per_bag)
+            x = _residual(self.crmsa(x, cr, per_bag=per_bag), x)
         if self.all_shortcut:
-            x = x + shortcut
+            x = _residual(x, shortcut)
         x = self.norm(x)
         return self.head(x) if self.head is not None else x
 
