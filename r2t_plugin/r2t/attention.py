@@ -306,7 +306,8 @@ class CrossRegionAttention(nn.Module):
             n = e - s
             tok = rows[off : off + n * p].view(n, p, c)
             keep = regions.active[s:e, :p, None]
-            parts.append((tok, self.logits(tok), keep))
+            # softmaxes and min-max weights in float32 (the 1e-8 of §4 vanishes in half precision)
+            parts.append((tok, self.logits(tok).float(), keep))
         reps = []
         for tok, g, keep in parts:
             neg = torch.finfo(g.dtype).min
