@@ -52,6 +52,7 @@ class CohortConfig:
     n_bins: int = 4
     skip_missing: bool = False
     cache: bool = True
+    standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _path(base: Path, value: str) -> Path:
 
 def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
     keys = ["csv", "features", "task", "label_column", "classes", "time_column", "event_column",
-            "censorship_column", "format", "n_bins", "skip_missing", "cache"]
+            "censorship_column", "format", "n_bins", "skip_missing", "cache", "standardize"]
     d = c.mapping(raw, "cohort", keys)
     csv = c.get(d, "csv", "cohort", (str,))
     feats = c.get(d, "features", "cohort", (str, list))
@@ -205,6 +206,7 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         n_bins=c.get(d, "n_bins", "cohort", (int,), 4, _positive),
         skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
         cache=c.get(d, "cache", "cohort", (bool,), True),
+        standardize=c.get(d, "standardize", "cohort", (bool,), False),
     )
     if task == "survival":
         if out["event_column"] and out["censorship_column"]:

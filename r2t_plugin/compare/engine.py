@@ -11,6 +11,7 @@ task per cell, say) only has to implement :meth:`Engine.run`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -20,16 +21,18 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
 
+from ..bag import FeatureBag
 from .config import CohortConfig, CompareConfig
 from .grid import Cell
 
 __all__ = ["Plan", "CellOutcome", "Engine", "LocalEngine", "run_cell", "build_model", "open_cohort",
-           "make_task", "get_engine"]
+           "make_task", "get_engine", "standardized"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,27 @@ def build_model(cell: Cell, in_dim: int, n_out: int) -> nn.Module:
     return model
 
 
+class _Scaled(Sequence):
+    """Bags with features z-scored by a fixed mean and std (applied when indexed)."""
+
+    def __init__(self, bags: Sequence[FeatureBag], mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.bags, self.mean, self.std = bags, mean, std
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        bag = self.bags[i]
+        return dataclasses.replace(bag, features=(bag.features - self.mean) / self.std)
+
+
+def standardized(train: Sequence[FeatureBag], *others: Sequence[FeatureBag]) -> list[Sequence[FeatureBag]]:
+    """Every part z-scored per feature with the mean and std of the TRAINING instances."""
+    x = torch.cat([bag.features for bag in train]).double()
+    mean, std = x.mean(0).float(), x.std(0).clamp_min(1e-6).float()
+    return [_Scaled(part, mean, std) for part in (train, *others)]
+
+
 def _prediction_rows(task, part: str, bags, logits: torch.Tensor) -> list[dict[str, Any]]:
     from ..tasks import risk_from_logits
 
@@ -118,6 +142,8 @@ def _run_cell(cell: Cell, plan: Plan) -> CellOutcome:
     task = make_task(cfg, cohort)
     fold = plan.folds[cell.fold]
     train, val, test = (cohort.bags(list(ids)) for ids in (fold.train, fold.val, fold.test))
+    if cfg.cohort.standardize:
+        train, val, test = standardized(train, val, test)
     seed_everything(cell.seed)
     model = build_model(cell, plan.in_dim, task.n_out)
     tcfg = TrainConfig(**cfg.training, seed=cell.seed, device=cfg.device, progress=plan.progress, resume=True)

@@ -129,7 +129,8 @@ def plot_roc(rows: list[dict[str, Any]], config: CompareConfig, predictions: dic
         ax.set_title(agg.id)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(aggs):]:
         ax.axis("off")
     if not drawn:

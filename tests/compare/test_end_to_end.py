@@ -150,3 +150,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_config, tmp_path):
     resumed = run_compare(parse_config(killed), progress=False)
     assert _comparable(out / "results.csv") == _comparable(straight.output / "results.csv")
     assert len(resumed.rows) == 4 and (out / "summary.md").is_file() and (out / "plots" / "roc.png").is_file()
+
+
+def test_survival_grid(tmp_path):
+    from r2t_plugin.data.synthetic import SyntheticSpec, generate_cohort
+
+    cohort = generate_cohort(tmp_path / "surv", SyntheticSpec(task="survival", n_cases=16, min_patches=30,
+                                                                max_patches=60, dim=8))
+    cfg = parse_config({
+        "cohort": {"csv": str(cohort.csv), "features": str(cohort.feature_dir), "task": "survival", "n_bins": 2},
+        "aggregators": [{"name": "abmil", "options": {"dim": 8, "hidden": 4}}],
+        "variants": [{"name": "plain"}, {"name": "r2t", "r2t": {"heads": 2, "crmsa_heads": 2, "epeg_k": 3}}],
+        "folds": 2, "val_fraction": 0.3, "training": {"epochs": 1, "num_threads": 1}, "output": str(tmp_path / "out"),
+    })
+    outcome = run_compare(cfg, progress=False)
+    rows = _rows(cfg.output / "results.csv")
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows) and "test_c_index" in rows[0]
+    preds = _rows(cfg.output / "runs" / rows[0]["run_id"] / "predictions.csv")
+    assert {p["part"] for p in preds} == {"val", "test"} and {"time", "event", "risk"} <= set(preds[0])
+    assert (cfg.output / "plots" / "km.png").is_file() and "c_index" in outcome.summary
