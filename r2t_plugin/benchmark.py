@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype (fp32: none)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
-    p.add_argument("--naive-max-gb", type=float, default=6.0,
+    p.add_argument("--naive-max-gb", type=float, default=2.0,
                    help="skip the straightforward path where its stored logits would exceed this")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     p.add_argument("--json", default=None, help="write every result and the machine's figures here")
