@@ -22,7 +22,7 @@ from .regions import Regions
 __all__ = ["RegionAttention", "CrossRegionAttention", "region_attention", "gather_slots", "gather_tokens"]
 
 # slots per chunk of regions: bounds every temporary of the region attention
-CHUNK_TOKENS = 8192
+CHUNK_TOKENS = 4096
 # on CPU, call the fused kernel and its backward directly (no forward recomputation)
 _FUSED_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
@@ -95,29 +95,34 @@ def _slot_rows(buf: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _RegionAttention(torch.autograd.Function):
-    """``qkv = x W^T + b``, then softmax(q̃ kᵀ / sqrt(d)) v inside every region, chunk by chunk.
+    """``a = LN(h)``, ``qkv = a W^T + b``, then softmax(q̃ kᵀ / sqrt(d)) v inside every
+    region, chunk by chunk.
 
-    ``x`` (T, C) layer-normed tokens. The projections of all tokens live in one (T + 1, 3C)
+    ``h`` (T, C) tokens (the residual stream); ``ln_w``/``ln_b`` the LayerNorm, or None when
+    ``h`` is already normalised. The projections of all tokens live in one (T + 1, 3C)
     buffer whose last row is what an empty slot holds: the projection of a zero token
     (the bias: official pads, which take part) or zero (default mode: q = 0, never a key).
-    Saved for the backward: ``x``, the projections and the output (T, C), and on the fused
-    CPU path the log-sum-exp; the backward recomputes each chunk's EPEG queries (and, off
-    that path, its attention) and never holds more than one chunk's temporaries.
+    Saved for the backward: ``h``, the projections, the output (T, C) and, on the fused
+    CPU path, the log-sum-exp. The backward recomputes each chunk's normalised tokens and
+    EPEG queries (and, off that path, its attention), so neither ``LN(h)`` nor more than
+    one chunk's temporaries are ever held.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, w: Tensor | None, regions: Regions,
-                heads: int, chunk_tokens: int) -> Tensor:
-        t, c = x.shape
-        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        fused = _FUSED_CPU and x.device.type == "cpu"
-        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
-            xs, wt, b = x.to(dt), weight.to(dt), bias.to(dt)
+    def forward(ctx, h: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, weight: Tensor, bias: Tensor,
+                w: Tensor | None, regions: Regions, heads: int, chunk_tokens: int, eps: float) -> Tensor:
+        t, c = h.shape
+        dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        fused = _FUSED_CPU and h.device.type == "cpu"
+        with torch.autocast(h.device.type, enabled=False), torch.no_grad():
+            a = h if ln_w is None else F.layer_norm(h, (c,), ln_w, ln_b, eps)
+            b = bias.to(dt)
             w_c = None if w is None else w.to(dt)
-            qkv = xs.new_empty(t + 1, 3 * c)
-            torch.addmm(b, xs, wt.t(), out=qkv[:t])
+            qkv = torch.empty(t + 1, 3 * c, dtype=dt, device=h.device)
+            torch.addmm(b, a.to(dt), weight.to(dt).t(), out=qkv[:t])
+            del a
             qkv[t] = b if regions.pads_active else 0
-            out = xs.new_empty(t + 1, c)  # row t collects what empty slots produce
+            out = qkv.new_empty(t + 1, c)  # row t collects what empty slots produce
             lse = []
             for idx, act, n, p in _chunks(regions, chunk_tokens):
                 q_rows, kv_rows = _slot_rows(qkv, idx)
@@ -132,26 +137,29 @@ class _RegionAttention(torch.autograd.Function):
                     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
                 out.index_copy_(0, idx, o.transpose(1, 2).reshape(n * p, c))
             out[t] = 0
-        ctx.save_for_backward(xs, weight, w, qkv, out)
+        ctx.save_for_backward(h, ln_w, ln_b, weight, w, qkv, out)
         ctx.lse, ctx.regions, ctx.heads, ctx.chunk_tokens, ctx.fused = lse, regions, heads, chunk_tokens, fused
-        ctx.bias_dtype, ctx.x_dtype = bias.dtype, x.dtype
+        ctx.eps, ctx.bias_dtype = eps, bias.dtype
         return out[:t]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        xs, weight, w, qkv, out = ctx.saved_tensors
+        h, ln_w, ln_b, weight, w, qkv, out = ctx.saved_tensors
         regions, heads = ctx.regions, ctx.heads
-        t, c = xs.shape
+        t, c = h.shape
         dt = qkv.dtype
-        need_x, need_wt, need_b = ctx.needs_input_grad[:3]
-        need_w = w is not None and ctx.needs_input_grad[3]
+        need_h, need_lw, need_lb, need_wt, need_b, need_w = ctx.needs_input_grad[:6]
+        need_ln = ln_w is not None and (need_lw or need_lb)
         wt = weight.detach().to(dt)
-        grad_x = xs.new_empty(t + 1, c) if need_x else None  # row t: what empty slots would get
-        grad_wt = torch.zeros(3 * c, c, dtype=torch.float32, device=xs.device) if need_wt else None
-        grad_b = torch.zeros(3 * c, dtype=torch.float32, device=xs.device) if need_b else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=xs.device) if need_w else None
+        f32 = dict(dtype=torch.float32, device=h.device)
+        grad_h = h.new_empty(t + 1, c) if need_h else None  # row t: what empty slots would get
+        grad_wt = torch.zeros(3 * c, c, **f32) if need_wt else None
+        grad_b = torch.zeros(3 * c, **f32) if need_b else None
+        grad_w = torch.zeros(w.shape, **f32) if need_w else None
+        grad_ln = [torch.zeros(c, **f32), torch.zeros(c, **f32)] if need_ln else None
         w_c = None if w is None else w.detach().to(dt)
-        with torch.autocast(xs.device.type, enabled=False):
+        ln = None if ln_w is None else (ln_w.detach().requires_grad_(need_ln), ln_b.detach().requires_grad_(need_ln))
+        with torch.autocast(h.device.type, enabled=False):
             for i, (idx, act, n, p) in enumerate(_chunks(regions, ctx.chunk_tokens)):
                 go = _heads(_take(grad_out, idx), n, p, heads)
                 mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
@@ -176,29 +184,44 @@ class _RegionAttention(torch.autograd.Function):
                     grad_w += grads[1].float()
                 parts = (grads[0].view(n * p, c), gk.transpose(1, 2).reshape(n * p, c),
                          gv.transpose(1, 2).reshape(n * p, c))
-                # the projection's gradients, chunk by chunk (no (T, 3C) gradient buffer)
-                if need_x:
-                    gx = parts[0] @ wt[:c]
-                    for j in (1, 2):
-                        gx.addmm_(parts[j], wt[j * c : (j + 1) * c])
-                    grad_x.index_copy_(0, idx, gx)
-                if need_wt:
-                    xr = _take(xs, idx)  # empty slots and pads are zero tokens
-                    for j in range(3):
-                        if dt == torch.float32:
-                            grad_wt[j * c : (j + 1) * c].addmm_(parts[j].t(), xr)
-                        else:
-                            grad_wt[j * c : (j + 1) * c] += (parts[j].t() @ xr).float()
                 if need_b:
                     # pads are zero tokens (their projection is the bias); empty slots are not
-                    rows = (idx < t) | regions.pads_active
-                    r = rows.to(dt)[None]
+                    r = ((idx < t) | regions.pads_active).to(dt)[None]
                     for j in range(3):
                         grad_b[j * c : (j + 1) * c] += (r @ parts[j])[0].float()
-        return (None if grad_x is None else grad_x[:t].to(ctx.x_dtype),
+                if not (need_h or need_wt or need_ln):
+                    continue
+                # the projection (and LayerNorm) gradients, chunk by chunk: the normalised
+                # tokens are recomputed here, and no (T, 3C) gradient buffer exists
+                empty = (idx >= t)[:, None]
+                with torch.enable_grad():
+                    h_rows = _take(h, idx).requires_grad_(need_h)
+                    a = h_rows if ln is None else F.layer_norm(h_rows, (c,), ln[0], ln[1], ctx.eps)
+                    a = a.masked_fill(empty, 0)  # empty slots and pads are zero tokens after the LN
+                if need_wt:
+                    a_d = a.detach().to(dt)
+                    for j in range(3):
+                        if dt == torch.float32:
+                            grad_wt[j * c : (j + 1) * c].addmm_(parts[j].t(), a_d)
+                        else:
+                            grad_wt[j * c : (j + 1) * c] += (parts[j].t() @ a_d).float()
+                if need_h or need_ln:
+                    ga = parts[0] @ wt[:c]
+                    for j in (1, 2):
+                        ga.addmm_(parts[j], wt[j * c : (j + 1) * c])
+                    inputs = ([h_rows] if need_h else []) + (list(ln) if need_ln else [])
+                    got = torch.autograd.grad(a, inputs, ga.to(a.dtype))
+                    if need_h:
+                        grad_h.index_copy_(0, idx, got[0])
+                    if need_ln:
+                        grad_ln[0] += got[-2].float()
+                        grad_ln[1] += got[-1].float()
+        return (None if grad_h is None else grad_h[:t],
+                None if not need_ln else grad_ln[0].to(ln_w.dtype),
+                None if not need_ln else grad_ln[1].to(ln_b.dtype),
                 None if grad_wt is None else grad_wt.to(weight.dtype),
                 None if grad_b is None else grad_b.to(ctx.bias_dtype),
-                None if grad_w is None else grad_w.to(w.dtype), None, None, None)
+                None if grad_w is None else grad_w.to(w.dtype), None, None, None, None)
 
 
 def _chunks(regions: Regions, chunk_tokens: int):
@@ -212,15 +235,17 @@ def _chunks(regions: Regions, chunk_tokens: int):
             yield slots[a:b], active[a:b], n, p
 
 
-def region_attention(x: Tensor, weight: Tensor, bias: Tensor, w: Tensor | None, regions: Regions,
-                     heads: int, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
-    """(T, C) tokens -> (T, C) attention output inside regions, with ``qkv = x W^T + b``.
+def region_attention(h: Tensor, norm: nn.LayerNorm | None, weight: Tensor, bias: Tensor, w: Tensor | None,
+                     regions: Regions, heads: int, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
+    """(T, C) tokens -> (T, C) attention output inside regions, with ``qkv = LN(h) W^T + b``.
 
-    ``w`` (h, k): the EPEG kernel, or None. Regions are attended ``chunk_tokens`` slots at
-    a time. Official pads (``regions.pads_active``) are zero tokens (their projection is
-    ``b``); in the default mode empty slots have q = 0 and are never keys.
+    ``norm``: the layer's LayerNorm (None: ``h`` is already normalised). ``w`` (h, k): the
+    EPEG kernel, or None. Regions are attended ``chunk_tokens`` slots at a time. Official
+    pads (``regions.pads_active``) are zero tokens (their projection is ``b``); in the
+    default mode empty slots have q = 0 and are never keys.
     """
-    return _RegionAttention.apply(x, weight, bias, w, regions, heads, chunk_tokens)
+    ln_w, ln_b, eps = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
+    return _RegionAttention.apply(h, ln_w, ln_b, weight, bias, w, regions, heads, chunk_tokens, eps)
 
 
 class RegionAttention(nn.Module):
@@ -246,10 +271,11 @@ class RegionAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.pe = nn.Conv2d(heads, heads, (epeg_k, 1), padding=(epeg_k // 2, 0), groups=heads) if epeg else None
 
-    def forward(self, x: Tensor, regions: Regions) -> Tensor:
-        """x (T, C) layer-normed tokens -> (T, C) attention output (not residual)."""
+    def forward(self, x: Tensor, regions: Regions, norm: nn.LayerNorm | None = None) -> Tensor:
+        """x (T, C) tokens, layer-normed unless ``norm`` is given (then applied inside, without
+        storing its output) -> (T, C) attention output (not residual)."""
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
-        o = region_attention(x, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
+        o = region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
         return self.drop(self.proj(o))
 
 

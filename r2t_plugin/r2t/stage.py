@@ -32,8 +32,9 @@ Layout = Literal["sequence", "coords"]
 
 def _residual(branch: Tensor, x: Tensor) -> Tensor:
     """``branch + x``, in place into the branch's fresh output (which nothing saves) when
-    that keeps the residual stream's dtype (under autocast the branch may be narrower)."""
-    if branch.dtype == x.dtype:
+    that keeps the residual stream's dtype (under autocast the branch may be narrower) and
+    the output is no view (module backward hooks wrap outputs in views)."""
+    if branch.dtype == x.dtype and not branch._is_view():
         return branch.add_(x)
     return x + branch
 
@@ -47,6 +48,8 @@ class _PreNorm(nn.Module):
         self.attn = attn
 
     def forward(self, x: Tensor, regions: Regions, **kw) -> Tensor:
+        if isinstance(self.attn, RegionAttention):  # applies the LN inside, never storing LN(x)
+            return self.attn(x, regions, norm=self.norm)
         return self.attn(self.norm(x), regions, **kw)
 
 

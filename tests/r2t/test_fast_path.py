@@ -225,3 +225,13 @@ def test_host_transfers_only_in_the_partition(kw, mask, allowed, monkeypatch):
     scalar_reads = [op for op in rec.ops if "_local_scalar_dense" in op or "aten.item" in op]
     assert scalar_reads == []
     assert len(transfers) <= allowed
+
+
+def test_module_backward_hooks_still_work():
+    """The in-place residual sums must not break tools that hook the layers."""
+    model = make(official=True).train()
+    seen = []
+    for layer in [*model.layers, model.crmsa]:
+        layer.register_full_backward_hook(lambda mod, gin, gout: seen.append(mod))
+    model(torch.randn(300, 12)).sum().backward()
+    assert len(seen) == 2
