@@ -9,7 +9,6 @@ moderate bags.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .regions import Regions, official_regions
