@@ -37,7 +37,8 @@ def demo_config(cohort_csv: Path, feature_dir: Path, output: Path, task: str = "
         "folds": 4,
         "seeds": [0],
         "val_fraction": 0.25,
-        "training": {"epochs": 20, "lr": 1e-3, "weight_decay": 1e-3, "patience": 8, "num_threads": 1},
+        "training": {"epochs": 30, "lr": 2e-3, "weight_decay": 1e-3, "batch_size": 4, "patience": 10,
+                     "num_threads": 1},
         "workers": 2,
         "output": str(output),
     }

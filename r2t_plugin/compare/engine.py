@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Sequence
@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..bag import FeatureBag
 from .config import CohortConfig, CompareConfig
@@ -188,10 +189,20 @@ def _worker_init(threads: int) -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
 
+def _epochs_logged(run_dir: Path) -> int:
+    """Epochs a running fit has logged so far (lines of its ``log.csv``)."""
+    try:
+        with open(run_dir / "log.csv", encoding="utf-8") as f:
+            return max(0, sum(1 for _ in f) - 1)
+    except OSError:
+        return 0
+
+
 class LocalEngine:
-    """Cells on this machine: one after another in this process (``workers=1``), or in
-    ``workers`` spawned processes with ``threads`` torch threads each. Outcomes are
-    yielded as cells finish; per-run progress bars are shown only with one worker."""
+    """Cells on this machine: one after another in this process (``workers=1``; the run's
+    own progress bar shows), or in ``workers`` spawned processes with ``threads`` torch
+    threads each (one progress bar per running cell, following its epoch log). Outcomes
+    are yielded as cells finish."""
 
     name = "local"
 
@@ -204,19 +215,34 @@ class LocalEngine:
             for cell in cells:
                 yield cell, run_cell(cell, plan)
             return
+        show = plan.progress
         plan = replace(plan, progress=False)
+        epochs = int(plan.config.training["epochs"])
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(self.threads or 1,)) as pool:
-            futures = {pool.submit(run_cell, cell, plan): cell for cell in cells}
-            for fut in as_completed(futures):
-                cell = futures[fut]
-                try:
-                    outcome = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a worker process died (e.g. killed for memory)
-                    row = {**cell.key(), "status": "failed", "error": f"worker process failed: {exc!r}"[:500]}
-                    outcome = CellOutcome(row, [], traceback.format_exc())
-                yield cell, outcome
+            pending = {pool.submit(run_cell, cell, plan): cell for cell in cells}
+            bars: dict[Any, Any] = {}
+            while pending:
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                if show:
+                    for fut, cell in pending.items():
+                        if fut.running() and fut not in done and (plan.run_root / cell.run_id).is_dir():
+                            bar = bars.get(fut)
+                            if bar is None:
+                                bar = bars[fut] = tqdm(total=epochs, desc=cell.run_id, unit="epoch", leave=False)
+                            bar.n = _epochs_logged(plan.run_root / cell.run_id)
+                            bar.refresh()
+                for fut in done:
+                    cell = pending.pop(fut)
+                    if fut in bars:
+                        bars.pop(fut).close()
+                    try:
+                        outcome = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker process died (e.g. killed for memory)
+                        row = {**cell.key(), "status": "failed", "error": f"worker process failed: {exc!r}"[:500]}
+                        outcome = CellOutcome(row, [], traceback.format_exc())
+                    yield cell, outcome
 
 
 def get_engine(config: CompareConfig) -> Engine:

@@ -121,3 +121,11 @@ def test_load_config_yaml(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
         load_config(path)
+
+
+def test_bench_config_is_valid():
+    bench = Path(__file__).resolve().parents[2] / "bench" / "compare_mil.yaml"
+    cfg = load_config(bench)
+    assert [a.name for a in cfg.aggregators] == ["abmil", "gated_abmil", "transmil", "dsmil", "clam_sb"]
+    assert cfg.folds == 10 and cfg.seeds == (0,) and cfg.cohort.standardize
+    assert cfg.variants[1].r2t["layout"] == "sequence"

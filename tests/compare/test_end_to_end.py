@@ -119,7 +119,6 @@ def _comparable(path: Path) -> list[dict[str, str]]:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_config, tmp_path):
     tiny_config["aggregators"] = tiny_config["aggregators"][:1]
-    tiny_config["training"]["epochs"] = 3
     straight = parse_config(dict(tiny_config, output=str(tmp_path / "straight")))
     run_compare(straight, progress=False)
 
