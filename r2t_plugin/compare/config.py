@@ -298,9 +298,11 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
            "training", "device", "engine", "workers", "output"]
     d = c.mapping(data, "", top)
     base = Path(base_dir)
-    cohort = _cohort(c, d.get("cohort"), base) if "cohort" in d else c.fail("cohort", "required key is missing")
-    aggs = _aggregators(c, d.get("aggregators")) if "aggregators" in d else \
-        c.fail("aggregators", "required key is missing") or []
+    for key in ("cohort", "aggregators"):
+        if key not in d:
+            c.fail(key, "required key is missing")
+    cohort = _cohort(c, d["cohort"], base) if "cohort" in d else None
+    aggs = _aggregators(c, d["aggregators"]) if "aggregators" in d else []
     variants = _variants(c, d.get("variants"))
     folds = c.get(d, "folds", "", (int,), 5, lambda v: None if v >= 2 else f"must be >= 2, got {v}")
     seeds = c.get(d, "seeds", "", (list, int), [0])
