@@ -183,10 +183,12 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _worker_init(threads: int) -> None:
-    """Worker process set-up: ``threads`` torch threads; exit when the driver dies."""
+def _worker_init(threads: int, driver: int) -> None:
+    """Worker process set-up: ``threads`` torch threads; exit when the driver (pid) dies."""
+    if os.getppid() != driver:  # the driver died while this worker was starting
+        os._exit(1)
     torch.set_num_threads(threads)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(driver,), daemon=True).start()
 
 
 def _epochs_logged(run_dir: Path) -> int:
@@ -220,7 +222,7 @@ class LocalEngine:
         epochs = int(plan.config.training["epochs"])
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.threads or 1,)) as pool:
+                                 initargs=(self.threads or 1, os.getpid())) as pool:
             pending = {pool.submit(run_cell, cell, plan): cell for cell in cells}
             bars: dict[Any, Any] = {}
             while pending:
