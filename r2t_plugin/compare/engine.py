@@ -3,8 +3,8 @@
 :func:`run_cell` is all a worker executes: from a :class:`Cell` and the :class:`Plan` it
 builds the model (``create_aggregator``, wrapped with ``with_r2t`` for an R²T variant),
 trains it with :func:`r2t_plugin.train.fit` in ``runs/{run_id}/`` (log, best checkpoint,
-its own resume file), predicts the validation and test cases with the best checkpoint and
-returns a :class:`CellOutcome` (the results row and the predictions). It never raises:
+its own resume file), predicts the test cases (and, for survival, the validation cases)
+with the best checkpoint and returns a :class:`CellOutcome` (the results row and the predictions). It never raises:
 an exception becomes a ``failed`` outcome with its traceback. Only the driver writes
 ``results.csv`` and the other shared files, so an engine that runs cells elsewhere (a Ray
 task per cell, say) only has to implement :meth:`Engine.run`.
@@ -19,9 +19,9 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Iterable, Iterator, Protocol
 
 import torch
