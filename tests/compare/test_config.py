@@ -129,3 +129,16 @@ def test_bench_config_is_valid():
     assert [a.name for a in cfg.aggregators] == ["abmil", "gated_abmil", "transmil", "dsmil", "clam_sb"]
     assert cfg.folds == 10 and cfg.seeds == (0,) and cfg.cohort.standardize
     assert cfg.variants[1].r2t["layout"] == "sequence"
+
+
+def test_readme_example_config_is_valid():
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## r2t compare"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = parse_config(yaml.safe_load(block), "/base")
+    assert [v.name for v in cfg.variants] == ["plain", "r2t_coords", "r2t_seq"]
+    assert cfg.aggregators[2].id == "clam_small" and cfg.seeds == (0, 1, 2)
