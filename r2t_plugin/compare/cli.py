@@ -22,7 +22,7 @@ def demo_spec(task: str = "binary"):
 def demo_config(cohort_csv: Path, feature_dir: Path, output: Path, task: str = "binary") -> dict[str, Any]:
     """The configuration ``r2t compare --demo`` runs (sized to finish in ~5 minutes on 2 CPU cores)."""
     width = {"dim": 32, "hidden": 16}
-    cohort: dict[str, Any] = {"csv": str(cohort_csv), "features": str(feature_dir)}
+    cohort: dict[str, Any] = {"csv": str(cohort_csv), "features": str(feature_dir), "cache": True}
     if task == "survival":
         cohort.update(task="survival", time_column="survival_months", censorship_column="censorship", n_bins=4)
     else:

@@ -51,7 +51,7 @@ class CohortConfig:
     format: str | None = None
     n_bins: int = 4
     skip_missing: bool = False
-    cache: bool = True
+    cache: bool = False
     standardize: bool = False
 
 
@@ -205,7 +205,7 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         format=c.get(d, "format", "cohort", (str, type(None)), None),
         n_bins=c.get(d, "n_bins", "cohort", (int,), 4, _positive),
         skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
-        cache=c.get(d, "cache", "cohort", (bool,), True),
+        cache=c.get(d, "cache", "cohort", (bool,), False),
         standardize=c.get(d, "standardize", "cohort", (bool,), False),
     )
     if task == "survival":

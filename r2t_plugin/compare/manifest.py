@@ -99,8 +99,16 @@ def check_resumable(path: Path, manifest: dict[str, Any]) -> None:
     with open(path, encoding="utf-8") as f:
         old = json.load(f).get("fingerprint", {})
     new = manifest["fingerprint"]
+    runtime = {"cohort": ("cache",), "training": ("num_threads",)}  # do not change results
+
+    def part(fp: dict[str, Any], key: str) -> Any:
+        value = fp.get(key)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in runtime.get(key, ())}
+        return value
+
     differ = [k for k in ("cohort", "data", "folds", "val_fraction", "split_seed", "training", "device")
-              if old.get(k) != new.get(k)]
+              if part(old, k) != part(new, k)]
     for axis in ("aggregators", "variants"):
         for name, spec in new[axis].items():
             if name in old.get(axis, {}) and old[axis][name] != spec:
