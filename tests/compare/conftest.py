@@ -21,7 +21,7 @@ def tiny_config(tiny_cohort, tmp_path):
     """A 2 aggregators x 2 variants x 2 folds grid with tiny widths and 2 epochs."""
     return copy.deepcopy({
         "cohort": {"csv": str(tiny_cohort.csv), "features": str(tiny_cohort.feature_dir),
-                   "task": "classification"},
+                   "task": "classification", "cache": True},
         "aggregators": [{"name": "abmil", "options": {"dim": 8, "hidden": 4}},
                         {"name": "mean", "options": {"dim": 8}}],
         "variants": [{"name": "plain"},

@@ -157,7 +157,8 @@ def test_survival_grid(tmp_path):
     cohort = generate_cohort(tmp_path / "surv", SyntheticSpec(task="survival", n_cases=16, min_patches=30,
                                                                 max_patches=60, dim=8))
     cfg = parse_config({
-        "cohort": {"csv": str(cohort.csv), "features": str(cohort.feature_dir), "task": "survival", "n_bins": 2},
+        "cohort": {"csv": str(cohort.csv), "features": str(cohort.feature_dir), "task": "survival", "n_bins": 2,
+                   "cache": True},
         "aggregators": [{"name": "abmil", "options": {"dim": 8, "hidden": 4}}],
         "variants": [{"name": "plain"}, {"name": "r2t", "r2t": {"heads": 2, "crmsa_heads": 2, "epeg_k": 3}}],
         "folds": 2, "val_fraction": 0.3, "training": {"epochs": 1, "num_threads": 1}, "output": str(tmp_path / "out"),
