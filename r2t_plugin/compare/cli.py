@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                "./r2t-compare-demo)")
     parser.add_argument("--cache-dir", help="where the demo cohort is generated (default: $R2T_CACHE_DIR "
                                             "or ~/.cache/r2t-plugin)")
+    parser.add_argument("--engine", choices=("local", "ray"),
+                        help="where the runs execute (overrides the config's engine; default: local)")
+    parser.add_argument("--address", help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 "
+                                          "or auto); without it a local Ray instance is started")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -68,7 +72,10 @@ def _cache_dir(arg: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``r2t compare``; returns the exit status."""
+    from dataclasses import replace
+
     from .config import ConfigError, load_config, parse_config
+    from .engine import get_engine
     from .manifest import ManifestMismatch
     from .runner import run_compare, with_output
 
@@ -90,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
             if args.output:
                 config = with_output(config, Path(args.output).resolve())
             title = f"r2t compare {args.config}"
-        outcome = run_compare(config, progress=not args.quiet, title=title)
+        if args.engine or args.address:
+            config = replace(config, engine=args.engine or config.engine, address=args.address or config.address)
+            if args.address and config.engine != "ray":
+                raise ConfigError(["--address: joins a Ray cluster; use it with --engine ray"], "r2t compare")
+        engine = get_engine(config)  # fails now (e.g. Ray not installed), before any work
+        outcome = run_compare(config, engine=engine, progress=not args.quiet, title=title)
     except (ConfigError, ManifestMismatch) as exc:
         print(f"r2t compare: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,10 @@ class CompareConfig:
     engine: str
     workers: int
     output: Path
+    address: str | None = None  # engine ray: an existing cluster (None: start a local instance)
+    cpus_per_run: float = 1.0  # engine ray: resources each run asks for
+    gpus_per_run: float = 0.0
+    retries: int = 1  # engine ray: attempts after a failed one
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -114,7 +118,7 @@ TRAINING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "num_threads": ((int, type(None)), None),
 }
 TASKS = ("classification", "survival")
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 _CHOICES = {
     "optimizer": ("adam", "adamw"),
     "amp": (None, "bf16", "fp16"),
@@ -295,7 +299,8 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
     """Validate a loaded mapping; raise :class:`ConfigError` listing every problem."""
     c = _Checker()
     top = ["cohort", "aggregators", "variants", "folds", "seeds", "val_fraction", "split_seed",
-           "training", "device", "engine", "workers", "output"]
+           "training", "device", "engine", "workers", "output", "address", "cpus_per_run", "gpus_per_run",
+           "retries"]
     d = c.mapping(data, "", top)
     base = Path(base_dir)
     for key in ("cohort", "aggregators"):
@@ -320,12 +325,19 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
                    lambda v: None if v == "cpu" or v.startswith("cuda") else f"{v!r} is not cpu, cuda or cuda:N")
     engine = c.get(d, "engine", "", (str,), "local", choices=ENGINES)
     workers = c.get(d, "workers", "", (int,), 1, _positive)
+    address = c.get(d, "address", "", (str, type(None)), None)
+    cpus = c.get(d, "cpus_per_run", "", (int, float), 1.0, lambda v: None if v > 0 else f"must be > 0, got {v}")
+    gpus = c.get(d, "gpus_per_run", "", (int, float), 0.0, lambda v: None if v >= 0 else f"must be >= 0, got {v}")
+    retries = c.get(d, "retries", "", (int,), 1, lambda v: None if v >= 0 else f"must be >= 0, got {v}")
+    if engine == "ray" and isinstance(device, str) and device.startswith("cuda") and not gpus:
+        c.fail("gpus_per_run", f"device {device!r} with engine ray needs gpus_per_run > 0 (e.g. 0.25 to share a GPU)")
     output = c.get(d, "output", "", (str,))
     if c.problems:
         raise ConfigError(c.problems, source)
     return CompareConfig(cohort=cohort, aggregators=tuple(aggs), variants=tuple(variants), folds=folds,
                          seeds=tuple(seeds), val_fraction=float(val_fraction), split_seed=split_seed,
                          training=training, device=device, engine=engine, workers=workers, output=_path(base, output),
+                         address=address, cpus_per_run=float(cpus), gpus_per_run=float(gpus), retries=retries,
                          raw=dict(data))
 
 

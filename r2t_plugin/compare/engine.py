@@ -251,4 +251,10 @@ def get_engine(config: CompareConfig) -> Engine:
     """The engine that ``config`` asks for (see ``config.ENGINES``)."""
     if config.engine == "local":
         return LocalEngine(config.workers, config.training.get("num_threads"))
-    raise ValueError(f"unknown engine {config.engine!r}; available: local")
+    if config.engine == "ray":
+        from .ray_engine import RayEngine
+
+        return RayEngine(address=config.address, cpus_per_run=config.cpus_per_run,
+                         gpus_per_run=config.gpus_per_run, retries=config.retries,
+                         threads=config.training.get("num_threads"))
+    raise ValueError(f"unknown engine {config.engine!r}; available: local, ray")
