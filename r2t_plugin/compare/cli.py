@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if args.engine or args.address:
             config = replace(config, engine=args.engine or config.engine, address=args.address or config.address)
             if args.address and config.engine != "ray":
-                raise ConfigError(["--address: joins a Ray cluster; use it with --engine ray"], "r2t compare")
+                raise ConfigError(["--address: joins a Ray cluster; use it with --engine ray"], "command line")
         engine = get_engine(config)  # fails now (e.g. Ray not installed), before any work
         outcome = run_compare(config, engine=engine, progress=not args.quiet, title=title)
     except (ConfigError, ManifestMismatch) as exc:

@@ -34,7 +34,7 @@ def require_ray() -> Any:
         import ray
     except ImportError as exc:
         raise ConfigError([f"engine: 'ray' needs Ray, which is not installed; install it with: {INSTALL_HINT}"],
-                          "r2t compare") from exc
+                          "config") from exc
     return ray
 
 
