@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import copy
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,3 +43,30 @@ def tiny_config(tiny_cohort, tmp_path):
 def write_yaml(path, data) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sigkill_mid_run(args: list[str], out: Path, timeout: float = 300) -> None:
+    """Run ``r2t compare ARGS`` in a subprocess and SIGKILL it in the middle of a run: after
+    one run has finished, while another has a resume file (``last.pt``) but no row yet."""
+    proc = subprocess.Popen([sys.executable, "-m", "r2t_plugin.cli", "compare", *args, "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            done = {r["run_id"] for r in read_rows(out / "results.csv")} if (out / "results.csv").is_file() else set()
+            if done and any((d / "last.pt").is_file() and d.name not in done for d in (out / "runs").iterdir()):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the grid finished (or failed) before it could be killed"
+        assert time.time() < deadline, f"no run finished within {timeout:g} s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

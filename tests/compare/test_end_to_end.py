@@ -1,12 +1,7 @@
 """A tiny grid end to end, a failing run, and resume after SIGKILL."""
 from __future__ import annotations
 
-import csv
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,22 +13,17 @@ from r2t_plugin.compare.manifest import ManifestMismatch
 from r2t_plugin.compare.runner import run_compare
 from r2t_plugin.plugins import registry
 
-from .conftest import write_yaml
+from .conftest import read_rows, sigkill_mid_run, write_yaml
 
 TIMING = {"seconds", "peak_memory_mb"}
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_tiny_grid_writes_every_output(tiny_config, tiny_cohort):
     cfg = parse_config(tiny_config)
     outcome = run_compare(cfg, progress=False)
     out = cfg.output
-    rows = _rows(out / "results.csv")
+    rows = read_rows(out / "results.csv")
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     assert {(r["aggregator"], r["variant"]) for r in rows} == {(a, v) for a in ("abmil", "mean") for v in ("plain", "r2t")}
     for col in ("val_auc", "test_auc", "test_balanced_accuracy", "test_accuracy", "test_f1_macro", "epochs",
@@ -55,10 +45,10 @@ def test_tiny_grid_writes_every_output(tiny_config, tiny_cohort):
     assert (out / "splits" / "fold_0.csv").is_file() and (out / "splits" / "fold_1.csv").is_file()
     run = out / "runs" / rows[0]["run_id"]
     assert (run / "log.csv").is_file() and (run / "best.pt").is_file()
-    preds = _rows(run / "predictions.csv")
+    preds = read_rows(run / "predictions.csv")
     assert {p["part"] for p in preds} == {"test"} and "prob_1" in preds[0]
     # the same splits for every model: test cases of a fold are the same in every run
-    tests = {r["run_id"]: sorted(p["case_id"] for p in _rows(out / "runs" / r["run_id"] / "predictions.csv")
+    tests = {r["run_id"]: sorted(p["case_id"] for p in read_rows(out / "runs" / r["run_id"] / "predictions.csv")
                                  if p["part"] == "test") for r in rows if r["fold"] == "0"}
     assert len({tuple(v) for v in tests.values()}) == 1
     # a second run skips everything that finished
@@ -100,7 +90,7 @@ def test_failing_run_is_recorded_and_the_rest_complete(tiny_config):
     tiny_config["variants"] = [{"name": "plain"}]
     cfg = parse_config(tiny_config)
     outcome = run_compare(cfg, progress=False)
-    rows = {r["run_id"]: r for r in _rows(cfg.output / "results.csv")}
+    rows = {r["run_id"]: r for r in read_rows(cfg.output / "results.csv")}
     assert len(rows) == 4
     failed = [r for r in rows.values() if r["status"] == "failed"]
     assert sorted(r["aggregator"] for r in failed) == ["test_boom", "test_boom"]
@@ -114,7 +104,7 @@ def test_failing_run_is_recorded_and_the_rest_complete(tiny_config):
 
 
 def _comparable(path: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(path)]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_rows(path)]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_config, tmp_path):
@@ -125,23 +115,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_config, tmp_path):
     killed = dict(tiny_config, output=str(tmp_path / "killed"))
     config_path = write_yaml(tmp_path / "killed.yaml", killed)
     out = Path(killed["output"])
-    proc = subprocess.Popen([sys.executable, "-m", "r2t_plugin.cli", "compare", config_path, "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # SIGKILL in the middle of a run: after one finished run, while another has a resume file
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            done = {r["run_id"] for r in _rows(out / "results.csv")} if (out / "results.csv").is_file() else set()
-            if done and any((d / "last.pt").is_file() and d.name not in done for d in (out / "runs").iterdir()):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the grid finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    partial = _rows(out / "results.csv")
+    sigkill_mid_run([config_path], out)
+    partial = read_rows(out / "results.csv")
     assert 1 <= len(partial) < 4
     assert all(r["status"] == "ok" for r in partial)  # whole rows only
     assert any((d / "last.pt").is_file() for d in (out / "runs").iterdir()), "killed mid-run"
@@ -164,8 +139,8 @@ def test_survival_grid(tmp_path):
         "folds": 2, "val_fraction": 0.3, "training": {"epochs": 1, "num_threads": 1}, "output": str(tmp_path / "out"),
     })
     outcome = run_compare(cfg, progress=False)
-    rows = _rows(cfg.output / "results.csv")
+    rows = read_rows(cfg.output / "results.csv")
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows) and "test_c_index" in rows[0]
-    preds = _rows(cfg.output / "runs" / rows[0]["run_id"] / "predictions.csv")
+    preds = read_rows(cfg.output / "runs" / rows[0]["run_id"] / "predictions.csv")
     assert {p["part"] for p in preds} == {"val", "test"} and {"time", "event", "risk"} <= set(preds[0])
     assert (cfg.output / "plots" / "km.png").is_file() and "c_index" in outcome.summary

@@ -3,12 +3,8 @@ the same results.csv as the local engine, failed tasks retried then recorded, an
 after the driver is killed mid-grid."""
 from __future__ import annotations
 
-import csv
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ from r2t_plugin.compare.engine import get_engine
 from r2t_plugin.compare.runner import run_compare
 from r2t_plugin.plugins import registry
 
-from .conftest import write_yaml
+from .conftest import read_rows, sigkill_mid_run, write_yaml
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -108,13 +104,8 @@ def local_results(tiny_cohort, tmp_path_factory):
     return _comparable(cfg.output / "results.csv")
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _comparable(path: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(path)]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_rows(path)]
 
 
 def _assert_same(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
@@ -148,7 +139,7 @@ def test_failed_task_is_retried_then_recorded_and_the_rest_finish(ray_address, r
     ray_config["training"]["epochs"] = 1
     cfg = parse_config(dict(ray_config, engine="ray", retries=1))
     outcome = run_compare(cfg, progress=False)
-    rows = {r["run_id"]: r for r in _rows(cfg.output / "results.csv")}
+    rows = {r["run_id"]: r for r in read_rows(cfg.output / "results.csv")}
     assert len(rows) == 4
     for fold in (0, 1):
         boom = rows[f"test_ray_boom__plain__fold{fold}__seed0"]
@@ -165,23 +156,8 @@ def test_killed_driver_resumes(ray_address, ray_config, local_results, tmp_path)
     ray_config["cpus_per_run"] = 2  # one run at a time: SIGKILL lands in the second run
     config_path = write_yaml(tmp_path / "killed.yaml", ray_config)
     out = Path(ray_config["output"])
-    proc = subprocess.Popen([sys.executable, "-m", "r2t_plugin.cli", "compare", config_path, "--quiet",
-                             "--engine", "ray", "--address", ray_address],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            done = {r["run_id"] for r in _rows(out / "results.csv")} if (out / "results.csv").is_file() else set()
-            if done and any((d / "last.pt").is_file() and d.name not in done for d in (out / "runs").iterdir()):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the grid finished (or failed) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    partial = _rows(out / "results.csv")
+    sigkill_mid_run([config_path, "--engine", "ray", "--address", ray_address], out)
+    partial = read_rows(out / "results.csv")
     assert len(partial) == 1 and all(r["status"] == "ok" for r in partial)
     resumed = run_compare(parse_config(dict(ray_config, engine="ray")), progress=False)
     assert len(resumed.rows) == 2
