@@ -26,7 +26,7 @@ from .hookspecs import hookimpl
 
 __all__ = [
     "with_r2t", "R2TWrapper", "TensorModelWrapper", "ResidualStage", "AdapterError",
-    "find_projection", "input_width", "forward_parameters", "PLACEMENTS",
+    "find_projection", "input_width", "forward_parameters", "resolve_placement", "PLACEMENTS",
 ]
 
 PLACEMENTS = ("after_projection", "input")
@@ -271,10 +271,14 @@ class TensorModelWrapper(R2TWrapper):
         return None
 
 
-def build_tensor_wrapper(model: nn.Module, stage_factory: StageFactory, placement: str | None,
-                         search_in: nn.Module | None = None, prefix: str = "") -> TensorModelWrapper:
-    """The generic wrapper; the projection is looked for in ``search_in`` (default: the model)."""
-    found = find_projection(search_in if search_in is not None else model, prefix)
+def resolve_placement(model: nn.Module, found: tuple[str, int] | None, placement: str | None,
+                      input_width_of: Callable[[nn.Module], int | None] = input_width,
+                      ) -> tuple[str, str | None, int]:
+    """(placement, hook path or None, stage width) for ``model``.
+
+    ``found`` is :func:`find_projection`'s answer; without a ``placement`` the stage goes
+    after the projection when there is one, else at the input (width from ``input_width_of``).
+    """
     if placement is None:
         placement = "after_projection" if found else "input"
     if placement == "after_projection":
@@ -282,12 +286,20 @@ def build_tensor_wrapper(model: nn.Module, stage_factory: StageFactory, placemen
             raise AdapterError(f"{type(model).__name__} has no first Linear → activation block on "
                                "instances to put the stage after; use placement='input'")
         path, width = found
-        return TensorModelWrapper(model, stage_factory(width, width), placement, path)
-    width = input_width(model)
+        return placement, path, width
+    width = input_width_of(model)
     if width is None:
         raise AdapterError(f"cannot tell the input width of {type(model).__name__} (no initialised "
                            "Linear layer); build the model with its input size first")
-    return TensorModelWrapper(model, stage_factory(width, width), placement)
+    return placement, None, width
+
+
+def build_tensor_wrapper(model: nn.Module, stage_factory: StageFactory, placement: str | None,
+                         search_in: nn.Module | None = None, prefix: str = "") -> TensorModelWrapper:
+    """The generic wrapper; the projection is looked for in ``search_in`` (default: the model)."""
+    found = find_projection(search_in if search_in is not None else model, prefix)
+    placement, path, width = resolve_placement(model, found, placement)
+    return TensorModelWrapper(model, stage_factory(width, width), placement, path)
 
 
 @hookimpl(trylast=True)

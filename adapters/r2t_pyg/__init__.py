@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from r2t_plugin.hookspecs import hookimpl
-from r2t_plugin.wrap import AdapterError, R2TWrapper, find_projection, forward_parameters
+from r2t_plugin.wrap import AdapterError, R2TWrapper, find_projection, forward_parameters, resolve_placement
 
 __all__ = ["PygWrapper", "is_pyg_model", "r2t_adapt"]
 
@@ -84,15 +84,5 @@ class PygWrapper(R2TWrapper):
 def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
     if not is_pyg_model(model):
         return None
-    found = find_projection(model)
-    placement = options.get("placement") or ("after_projection" if found else "input")
-    if placement == "after_projection":
-        if found is None:
-            raise AdapterError(f"{type(model).__name__} has no first Linear → activation block; "
-                               "use placement='input'")
-        path, width = found
-        return PygWrapper(model, stage_factory(width, width), placement, path)
-    width = _width(model)
-    if width is None:
-        raise AdapterError(f"cannot tell the node feature width of {type(model).__name__}")
-    return PygWrapper(model, stage_factory(width, width), placement)
+    placement, path, width = resolve_placement(model, find_projection(model), options.get("placement"), _width)
+    return PygWrapper(model, stage_factory(width, width), placement, path)

@@ -1,15 +1,13 @@
 """The grid of a comparison: aggregator x variant x fold x seed, in a fixed order."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..data.files import safe_name
 from .config import AggregatorConfig, CompareConfig, VariantConfig
 
 __all__ = ["Cell", "make_grid"]
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -24,8 +22,8 @@ class Cell:
     @property
     def run_id(self) -> str:
         """A file-name-safe id, unique within the grid."""
-        a = _SAFE.sub("-", self.aggregator.id)
-        v = _SAFE.sub("-", self.variant.name)
+        a = safe_name(self.aggregator.id)
+        v = safe_name(self.variant.name)
         return f"{a}__{v}__fold{self.fold}__seed{self.seed}"
 
     def key(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temporary file next to the target, then ``os.replace``.
+"""Atomic file writes (temporary file next to the target, then ``os.replace``), safe file names.
 
 A reader of the target sees either the old file or the complete new one, never a half
 written one (an interrupted run leaves at most a stray ``.tmp`` file behind).
@@ -6,13 +6,14 @@ written one (an interrupted run leaves at most a stray ``.tmp`` file behind).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save", "safe_name"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -46,3 +47,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (plain tensors, dicts, lists and numbers only,
     so that ``torch.load(path, weights_only=True)`` reads it back)."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters unsafe in a file name replaced by ``-``."""
+    return _UNSAFE.sub("-", text)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import html
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..data.files import atomic_write_text
+from ..data.files import atomic_write_text, safe_name
 from .model import LoadedModel
 from .render import check_fits
 from .scores import HeatmapError, score_bag
@@ -24,7 +23,6 @@ from .wsi import WSIError, read_thumbnail
 __all__ = ["BatchItem", "run_batch", "write_index", "WSI_SUFFIXES"]
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def run_batch(loaded: LoadedModel, out_dir: str | os.PathLike, wsi_dir: str | os
                         raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
                     thumb = read_thumbnail(path, max_size)
                     check_fits(coords, bag.patch_size, thumb, f"slide {slide_id!r}")
-                png = f"{_SAFE.sub('-', slide_id)}.png"
+                png = f"{safe_name(slide_id)}.png"
                 draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
                            f"{slide_id} (case {case_id})", out_dir / png, thumb, max_size=max_size)
                 items.append(replace(item, png=png))
