@@ -26,7 +26,8 @@ from .hookspecs import hookimpl
 
 __all__ = [
     "with_r2t", "R2TWrapper", "TensorModelWrapper", "ResidualStage", "AdapterError",
-    "find_projection", "input_width", "forward_parameters", "resolve_placement", "PLACEMENTS",
+    "find_projection", "input_width", "forward_parameters", "takes_label", "resolve_placement",
+    "PLACEMENTS",
 ]
 
 PLACEMENTS = ("after_projection", "input")
@@ -97,6 +98,12 @@ def forward_parameters(model: nn.Module) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return {}
+
+
+def takes_label(module: nn.Module) -> bool:
+    """Whether ``module.forward`` takes a ``label`` argument (CLAM's instance loss needs the
+    label during training; the training loop passes it only to models that take it)."""
+    return "label" in forward_parameters(module)
 
 
 def _linears(module: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
