@@ -1,8 +1,9 @@
 """The plugin manager: built-ins first, then the ``r2t_plugin`` entry-point group.
 
 Every plugin (built-in or third-party) is a module or object with ``@hookimpl`` functions
-(see :mod:`r2t_plugin.hookspecs`). The manager calls each plugin's ``r2t_register_*`` hook
-with the registry of that kind, recording which plugin provided each name. A plugin that
+(see :mod:`r2t_plugin.hookspecs`). The manager calls each plugin's ``r2t_register_*`` hooks
+through pluggy, one plugin at a time (``subset_hook_caller``), with a :class:`PluginRegistry`
+view of that kind's registry, so that every name is recorded with the plugin providing it. A plugin that
 fails to import, or whose registration hook raises, is recorded in
 :attr:`R2TPluginManager.failed` and the others keep working. Two providers of one name is
 a :class:`PluginConflictError` naming both: raised by :meth:`Registry.add` at run time; a
@@ -28,7 +29,7 @@ from . import hookspecs
 from .hookspecs import PROJECT
 
 __all__ = [
-    "BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "Registry", "PluginConflictError",
+    "BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "Registry", "PluginRegistry", "PluginConflictError",
     "FailedPlugin", "R2TPluginManager", "get_manager", "registry", "create_aggregator",
     "create_stage",
 ]
@@ -72,26 +73,29 @@ class Registry:
         self._factories: dict[str, Callable] = {}
         self._providers: dict[str, str] = {}
         self._clashes: dict[str, list[str]] = {}
-        self._current = BUILTIN  # provider of the plugin whose hook is running
-        self._collect = False  # while loading plugins: record clashes instead of raising
 
-    def add(self, name: str, factory: Callable) -> None:
-        """Register ``factory`` under ``name`` (provider recorded by the manager)."""
+    def add(self, name: str, factory: Callable, provider: str = BUILTIN, *, strict: bool = True) -> None:
+        """Register ``factory`` under ``name``, provided by ``provider``.
+
+        A name that is already taken becomes unusable (both providers are recorded); with
+        ``strict`` that raises :class:`PluginConflictError` at once, else the error is raised
+        whenever the name is used (how the manager loads plugins, so that one clash does not
+        hide every other plugin).
+        """
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
         if not callable(factory):
             raise TypeError(f"{self.kind} {name!r}: factory must be callable, got {factory!r}")
         if name in self._factories or name in self._clashes:
             first = self._clashes.get(name, [self._providers.get(name)])
-            providers = [*first, self._current]
-            self._clashes[name] = providers
+            self._clashes[name] = [*first, provider]
             self._factories.pop(name, None)
             self._providers.pop(name, None)
-            if not self._collect:
+            if strict:
                 raise self._clash_error(name)
             return
         self._factories[name] = factory
-        self._providers[name] = self._current
+        self._providers[name] = provider
 
     def _clash_error(self, name: str) -> PluginConflictError:
         who = " and ".join(repr(p) for p in self._clashes[name])
@@ -132,6 +136,26 @@ class Registry:
         return f"Registry({self.kind!r}, {self.names()})"
 
 
+class PluginRegistry:
+    """The view of a :class:`Registry` that one plugin's registration hook receives:
+    ``add(name, factory)`` records that plugin as the provider."""
+
+    def __init__(self, registry: Registry, provider: str) -> None:
+        self.registry, self.provider = registry, provider
+        self.kind = registry.kind
+
+    def add(self, name: str, factory: Callable) -> None:
+        """Register ``factory`` under ``name`` (a clash is raised when the name is used)."""
+        self.registry.add(name, factory, self.provider, strict=False)
+
+    def names(self) -> list[str]:
+        """The names registered so far."""
+        return self.registry.names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.registry
+
+
 class R2TPluginManager(pluggy.PluginManager):
     """pluggy manager with the registries, plugin providers and load failures."""
 
@@ -144,31 +168,26 @@ class R2TPluginManager(pluggy.PluginManager):
 
     # -------------------------------------------------------------- loading
     def load_plugin(self, name: str, obj: Any, provider: str) -> bool:
-        """Register ``obj`` as plugin ``name`` and run its registration hooks."""
+        """Register ``obj`` as plugin ``name`` and run its registration hooks.
+
+        A plugin whose registration raises is unregistered and recorded in :attr:`failed`.
+        """
         try:
             self.register(obj, name=name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the rest
             self.failed.append(FailedPlugin(name, provider, _describe(exc)))
             return False
         self.providers[name] = provider
+        others = [p for p in self.get_plugins() if p is not obj]
         for kind, hook in _HOOK_OF_KIND.items():
-            for impl in getattr(self.hook, hook).get_hookimpls():
-                if impl.plugin is obj:
-                    if not self._call_register(impl, self.registries[kind], provider):
-                        return False
-        return True
-
-    def _call_register(self, impl: Any, reg: Registry, provider: str) -> bool:
-        reg._current, reg._collect = provider, True
-        try:
-            impl.function(**{arg: reg for arg in impl.argnames})
-        except Exception as exc:  # noqa: BLE001
-            self.failed.append(FailedPlugin(impl.plugin_name, provider, _describe(exc)))
-            self.unregister(impl.plugin)
-            self.providers.pop(impl.plugin_name, None)
-            return False
-        finally:
-            reg._current, reg._collect = BUILTIN, False
+            call = self.subset_hook_caller(hook, remove_plugins=others)  # this plugin's impls only
+            try:
+                call(registry=PluginRegistry(self.registries[kind], provider))
+            except Exception as exc:  # noqa: BLE001
+                self.failed.append(FailedPlugin(name, provider, _describe(exc)))
+                self.unregister(obj)
+                self.providers.pop(name, None)
+                return False
         return True
 
     def load_builtins(self) -> None:

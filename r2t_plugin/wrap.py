@@ -20,9 +20,10 @@ import inspect
 from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .bag import BagBatch
-from .hookspecs import hookimpl
+from .hookspecs import StageFactory, hookimpl
 
 __all__ = [
     "with_r2t", "R2TWrapper", "TensorModelWrapper", "ResidualStage", "AdapterError",
@@ -32,7 +33,6 @@ __all__ = [
 
 PLACEMENTS = ("after_projection", "input")
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.PReLU, nn.Mish)
-StageFactory = Callable[..., nn.Module]
 
 
 class AdapterError(TypeError):
@@ -82,8 +82,7 @@ def with_r2t(model: nn.Module, *, stage: str = "r2t", placement: str | None = No
         return ResidualStage(body, width)
 
     pm = get_manager()
-    wrapped = pm.hook.r2t_adapt(model=model, stage_factory=stage_factory,
-                                options={"placement": placement})
+    wrapped = pm.hook.r2t_adapt(model=model, stage_factory=stage_factory, placement=placement)
     if wrapped is None:
         asked = ", ".join(f"{name} ({provider})" for name, provider in pm.adapters()) or "(none)"
         raise AdapterError(f"no adapter recognises {type(model).__module__}.{type(model).__qualname__}; "
@@ -174,8 +173,9 @@ class R2TWrapper(nn.Module):
         self.hook_path = hook_path
         self._ctx: dict[str, Any] | None = None
         self._unwrapped = False
+        self._hook: RemovableHandle | None = None
         if hook_path is not None:
-            inner.get_submodule(hook_path).register_forward_hook(self._after_projection)
+            self._hook = inner.get_submodule(hook_path).register_forward_hook(self._after_projection)
 
     @contextlib.contextmanager
     def stage_context(self, **ctx: Any) -> Iterator[None]:
@@ -213,11 +213,9 @@ class R2TWrapper(nn.Module):
 
     def unwrap(self) -> nn.Module:
         """The inner model, with this wrapper's hook removed; the wrapper is unusable after."""
-        if self.hook_path is not None:
-            hooks = self.inner.get_submodule(self.hook_path)._forward_hooks
-            for key, fn in list(hooks.items()):
-                if getattr(fn, "__self__", None) is self:
-                    del hooks[key]
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         self._unwrapped = True
         return self.inner
 
@@ -310,7 +308,7 @@ def build_tensor_wrapper(model: nn.Module, stage_factory: StageFactory, placemen
 
 
 @hookimpl(trylast=True)
-def r2t_adapt(model: Any, stage_factory: StageFactory, options: dict) -> nn.Module | None:
+def r2t_adapt(model: Any, stage_factory: StageFactory, placement: str | None) -> nn.Module | None:
     """Generic fallback: any module with a Linear layer whose first argument is a tensor."""
     if not isinstance(model, nn.Module) or isinstance(model, R2TWrapper):
         return None
@@ -318,4 +316,4 @@ def r2t_adapt(model: Any, stage_factory: StageFactory, options: dict) -> nn.Modu
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
     if not params or next(_linears(model), None) is None:
         return None
-    return build_tensor_wrapper(model, stage_factory, options.get("placement"))
+    return build_tensor_wrapper(model, stage_factory, placement)

@@ -41,7 +41,7 @@ def r2t_register_aggregators(registry):
 
 
 @hookimpl
-def r2t_adapt(model, stage_factory, options):
+def r2t_adapt(model, stage_factory, placement):
     if isinstance(model, FakeModel):
         return TensorModelWrapper(model, stage_factory(8, 8), "input")
     return None
@@ -93,9 +93,8 @@ def test_registry_add_create_and_errors():
     assert reg.create("a", x=1) == {"x": 1}
     with pytest.raises(KeyError, match="registered: a"):
         reg.create("nope")
-    reg._current = "other 2.0"
     with pytest.raises(PluginConflictError, match="'builtin' and 'other 2.0'"):
-        reg.add("a", lambda **kw: kw)
+        reg.add("a", lambda **kw: kw, provider="other 2.0")
     with pytest.raises(PluginConflictError):  # the name stays unusable
         reg.get("a")
 

@@ -118,3 +118,5 @@ def test_deepcopy_keeps_hooks_consistent(batch):
     torch.testing.assert_close(c(x, mask), w(x, mask))
     c.stage.norm.bias.data += 1.0  # the copy's hook uses the copy's stage
     assert not torch.allclose(c(x, mask), w(x, mask))
+    c.unwrap()  # removes the copy's hook only
+    assert not c.inner.fc._forward_hooks and len(w.inner.fc._forward_hooks) == 1

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from r2t_plugin.hookspecs import hookimpl
-from r2t_plugin.wrap import AdapterError, TensorModelWrapper, find_projection, forward_parameters
+from r2t_plugin.hookspecs import StageFactory, hookimpl
+from r2t_plugin.wrap import AdapterError, TensorModelWrapper, find_projection, forward_parameters, resolve_placement
 
 __all__ = ["ClamWrapper", "is_clam_like", "r2t_adapt"]
 
@@ -38,17 +38,18 @@ class ClamWrapper(TensorModelWrapper):
                                attention_only=attention_only, coords=coords, patch_size=patch_size)
 
 
+def _input_width(model: nn.Module) -> int:
+    return int(model.attention_net[0].in_features)
+
+
 @hookimpl
-def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
+def r2t_adapt(model: Any, stage_factory: StageFactory, placement: str | None) -> nn.Module | None:
+    """CLAM-style models; the stage goes after ``attention_net``'s projection by default."""
     if not is_clam_like(model):
         return None
     found = find_projection(model.attention_net, "attention_net")
     if found is None:
         raise AdapterError(f"{type(model).__name__} has CLAM's interface but attention_net does not start "
                            "with Linear → activation (the instance projection)")
-    placement = options.get("placement") or "after_projection"
-    if placement == "after_projection":
-        path, width = found
-        return ClamWrapper(model, stage_factory(width, width), placement, path)
-    width = int(model.attention_net[0].in_features)
-    return ClamWrapper(model, stage_factory(width, width), placement)
+    placement, path, width = resolve_placement(model, found, placement, _input_width)
+    return ClamWrapper(model, stage_factory(width, width), placement, path)

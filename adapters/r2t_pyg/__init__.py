@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from r2t_plugin.hookspecs import hookimpl
+from r2t_plugin.hookspecs import StageFactory, hookimpl
 from r2t_plugin.wrap import AdapterError, R2TWrapper, find_projection, forward_parameters, resolve_placement
 
 __all__ = ["PygWrapper", "is_pyg_model", "r2t_adapt"]
@@ -81,8 +81,9 @@ class PygWrapper(R2TWrapper):
 
 
 @hookimpl
-def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
+def r2t_adapt(model: Any, stage_factory: StageFactory, placement: str | None) -> nn.Module | None:
+    """torch-geometric graph MIL models (a Data / Batch first)."""
     if not is_pyg_model(model):
         return None
-    placement, path, width = resolve_placement(model, find_projection(model), options.get("placement"), _width)
+    placement, path, width = resolve_placement(model, find_projection(model), placement, _width)
     return PygWrapper(model, stage_factory(width, width), placement, path)

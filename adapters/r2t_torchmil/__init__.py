@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from r2t_plugin.aggregators.base import Aggregator
 from r2t_plugin.graph import grid_edges
-from r2t_plugin.hookspecs import hookimpl
+from r2t_plugin.hookspecs import Registrar, StageFactory, hookimpl
 from r2t_plugin.wrap import build_tensor_wrapper, forward_parameters
 
 if importlib.util.find_spec("torchmil") is None:
@@ -96,13 +96,14 @@ def _factory(name: str):
 
 
 @hookimpl
-def r2t_register_aggregators(registry: Any) -> None:
+def r2t_register_aggregators(registry: Registrar) -> None:
+    """``torchmil.<model>`` for every model of :data:`MODELS`."""
     for name in MODELS:
         registry.add(f"torchmil.{name}", _factory(name))
 
 
 @hookimpl
-def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None:
+def r2t_adapt(model: Any, stage_factory: StageFactory, placement: str | None) -> nn.Module | None:
     """torchmil models, and torchmil models registered as aggregators (``torchmil.*``)."""
     if isinstance(model, TorchmilAggregator):
         inner, prefix = model.model, "model.feat_ext"
@@ -111,6 +112,6 @@ def r2t_adapt(model: Any, stage_factory: Any, options: dict) -> nn.Module | None
     else:
         return None
     feat_ext = getattr(inner, "feat_ext", None)
-    return build_tensor_wrapper(model, stage_factory, options.get("placement"),
+    return build_tensor_wrapper(model, stage_factory, placement,
                                 search_in=feat_ext if isinstance(feat_ext, nn.Module) else nn.Identity(),
                                 prefix=prefix)
