@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from r2t_plugin.compare.fsio import atomic_write_bytes, atomic_write_text
+from r2t_plugin.io import atomic_write_bytes, atomic_write_text
 from r2t_plugin.data.mil_table import read_mil_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .bag import BagBatch, FeatureBag
-from .data.files import atomic_torch_save, atomic_write_text
+from .io import atomic_torch_save, atomic_write_text
 from .tasks.base import Task
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "seed_everything", "count_parameters"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.files import safe_name
+from ..io import safe_name
 from .config import AggregatorConfig, CompareConfig, VariantConfig
 
 __all__ = ["Cell", "make_grid"]

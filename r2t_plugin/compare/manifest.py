@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import CompareConfig
-from .fsio import atomic_write_json, sha256_file
+from ..io import atomic_write_json, sha256_file
 
 __all__ = ["build_manifest", "check_resumable", "write_manifest", "package_versions", "git_commit",
            "ManifestMismatch"]

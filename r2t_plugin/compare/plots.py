@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import CompareConfig
-from .fsio import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .report import mean_std
 from .results import metric_columns
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .fsio import atomic_write_text
+from ..io import atomic_write_text
 
 __all__ = ["KEY_COLUMNS", "ResultsTable", "metric_columns", "parse_value"]
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import CompareConfig, ConfigError
 from .engine import Engine, Plan, build_model, get_engine, make_task, open_cohort
-from .fsio import atomic_write_text
+from ..io import TEMP_GLOB, atomic_write_text
 from .grid import Cell, make_grid
 from .manifest import ManifestMismatch, build_manifest, check_resumable, hash_data, write_manifest
 from .plots import plot_all
@@ -119,7 +119,7 @@ def _exclusive(out: Path) -> Iterator[None]:
             pass
         except BlockingIOError as exc:
             raise ManifestMismatch(f"{out}: another r2t compare is running in this folder") from exc
-        for stale in out.rglob(".*.tmp"):
+        for stale in out.rglob(TEMP_GLOB):
             stale.unlink(missing_ok=True)
         yield
     finally:

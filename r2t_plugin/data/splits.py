@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text
+from ..io import atomic_write_text
 
 __all__ = ["Fold", "SplitError", "make_folds", "survival_strata", "cohort_strata", "write_folds",
            "read_folds", "load_or_make_folds", "check_folds"]

@@ -25,13 +25,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import h5py
 import numpy as np
+
+from ..io import atomic_h5, atomic_write_text
 
 __all__ = ["SyntheticSpec", "SyntheticCohort", "generate_cohort", "cached_cohort", "tissue_layout"]
 
@@ -227,19 +227,12 @@ def _case(rng: np.random.Generator, spec: SyntheticSpec, label: int, severity: f
 
 
 def _write_h5(path: Path, features: np.ndarray, coords: np.ndarray, patch_size: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".h5")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features.astype(np.float32))
-            ds = f.create_dataset("coords", data=coords.astype(np.int64))
-            ds.attrs["patch_size"] = patch_size
-            ds.attrs["patch_level"] = 0
-            ds.attrs["downsample"] = np.array([1.0, 1.0])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_h5(path) as f:
+        f.create_dataset("features", data=features.astype(np.float32))
+        ds = f.create_dataset("coords", data=coords.astype(np.int64))
+        ds.attrs["patch_size"] = patch_size
+        ds.attrs["patch_level"] = 0
+        ds.attrs["downsample"] = np.array([1.0, 1.0])
 
 
 def _survival(rng: np.random.Generator, severity: float) -> tuple[float, int]:
@@ -285,8 +278,8 @@ def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = Non
             coords = origin + cells[:, ::-1] * spec.patch_size  # (x, y) from (row, col)
             _write_h5(h5_dir / f"{slide_id}.h5", feats, coords, spec.patch_size)
             rows.append({"case_id": case_id, "slide_id": slide_id, **target})
-    _atomic_text(root / "cohort.csv", _csv_text(rows))
-    _atomic_text(root / "spec.json", json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / "cohort.csv", _csv_text(rows))
+    atomic_write_text(root / "spec.json", json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
     return SyntheticCohort(root, root / "cohort.csv", root / "h5_files", spec)
 
 
@@ -307,14 +300,3 @@ def _csv_text(rows: list[dict[str, object]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

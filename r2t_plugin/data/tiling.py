@@ -22,7 +22,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .files import atomic_write
+from ..io import atomic_write
 
 __all__ = ["saturation", "tissue_mask", "tile_coords", "RandomProjectionEncoder", "write_clam_h5",
            "extract_features"]

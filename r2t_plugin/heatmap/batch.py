@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.files import atomic_write_text, safe_name
+from ..io import atomic_write_text, safe_name
 from .model import LoadedModel
 from .render import check_fits
 from .scores import HeatmapError, score_bag

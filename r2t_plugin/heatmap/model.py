@@ -87,7 +87,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> Path:
     """Write ``model``'s weights with ``spec`` as a self-describing checkpoint (atomically)."""
-    from ..data.files import atomic_torch_save
+    from ..io import atomic_torch_save
 
     plain = asdict(spec)
     plain["classes"] = list(spec.classes)

@@ -151,7 +151,7 @@ def draw_heatmap(out: str | os.PathLike, coords: np.ndarray, patch_size: float, 
                  title: str, thumbnail: SlideThumbnail | None = None, *, max_size: int = 2048,
                  unit: str = "px") -> Rendered:
     """Draw ``scores`` (N,) of patches at ``coords`` (N, 2) and write the PNG ``out``."""
-    from ..data.files import atomic_write
+    from ..io import atomic_write
 
     coords = np.asarray(coords, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
