@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.files import atomic_torch_save
+from .io import atomic_torch_save
 from .r2t.official import CheckpointError
 
 __all__ = ["ModelSpec", "CheckpointError", "FORMAT", "VERSION", "build_model", "save_checkpoint",
