@@ -1,7 +1,7 @@
 """One training run: fit on the training bags, select on validation, test once.
 
 :func:`fit` trains ``model`` for ``task`` with Adam/AdamW and a cosine learning-rate
-schedule (per epoch), optional gradient accumulation and mixed precision, seeded and
+schedule (``CosineAnnealingLR``, stepped per epoch), optional gradient accumulation and mixed precision, seeded and
 deterministic on CPU. After every epoch it evaluates the VALIDATION bags; the best epoch
 (by ``task.monitor``, ties broken by lower validation loss) is kept as ``best.pt`` and
 early stopping watches the same number. The test bags are evaluated once, at the end,
@@ -9,18 +9,19 @@ with the best checkpoint. Files in ``out_dir`` (all written atomically):
 
 - ``log.csv``: one row per epoch (learning rate, train loss, validation loss and metrics);
 - ``last.pt``: everything needed to resume an interrupted run (removed when it finishes);
-- ``best.pt``: the selected model's ``state_dict``;
+- ``best.pt``: the selected model: a :func:`~r2t_plugin.models.save_checkpoint` file when
+  ``fit`` is given the model's :class:`~r2t_plugin.models.ModelSpec` (it rebuilds the model
+  on its own), else the bare ``state_dict``;
 - ``result.json``: the final :class:`FitResult`; a finished run is not retrained.
 
 Models are called as ``model(batch)`` with a :class:`~r2t_plugin.bag.BagBatch` (the
-aggregator contract); models whose ``forward`` takes ``label`` also get the labels during
-classification training (for instance losses). ``out.get("aux_loss", 0)`` is added to the
+aggregator contract); models whose ``forward`` takes ``label`` (:func:`~r2t_plugin.wrap.takes_label`)
+also get the labels during classification training (for instance losses). ``out.get("aux_loss", 0)`` is added to the
 task loss.
 """
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -39,15 +40,28 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .bag import BagBatch, FeatureBag
-from .io import atomic_torch_save, atomic_write_text
+from .checkpoint import Progress, check_same_run, load_best, load_resume, save_best, save_resume
+from .io import atomic_write_text
+from .models import ModelSpec
 from .tasks.base import Task
+from .wrap import takes_label
 
-__all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "seed_everything", "count_parameters"]
+__all__ = ["TrainConfig", "TrainConfigError", "FitResult", "fit", "evaluate", "seed_everything",
+           "count_parameters"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_CHOICES = {"optimizer": tuple(_OPTIMIZERS), "amp": (None, *_AMP)}
 # fields that do not change what is trained (allowed to differ when resuming)
 _RUNTIME_FIELDS = ("device", "num_threads", "progress", "resume")
+
+
+class TrainConfigError(ValueError):
+    """Invalid :class:`TrainConfig` settings; ``problems`` maps each field to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("invalid TrainConfig: " + "; ".join(f"{k}: {m}" for k, m in self.problems.items()))
 
 
 @dataclass
@@ -75,17 +89,19 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulation < 1:
-            raise ValueError("epochs, batch_size and accumulation must be >= 1, got "
-                             f"{self.epochs}, {self.batch_size}, {self.accumulation}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.amp is not None and self.amp not in _AMP:
-            raise ValueError(f"amp must be None or one of {sorted(_AMP)}, got {self.amp!r}")
+        problems = {name: f"must be >= 1, got {getattr(self, name)}"
+                    for name in ("epochs", "batch_size", "accumulation") if getattr(self, name) < 1}
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                problems[name] = f"{getattr(self, name)!r} is not one of: {', '.join(map(str, choices))}"
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            problems["patience"] = f"must be >= 1 (or None: never stop early), got {self.patience}"
+        if not self.lr > 0:
+            problems["lr"] = f"must be > 0, got {self.lr}"
+        if self.weight_decay < 0:
+            problems["weight_decay"] = f"must be >= 0, got {self.weight_decay}"
+        if problems:
+            raise TrainConfigError(problems)
 
 
 @dataclass
@@ -124,14 +140,6 @@ def seed_everything(seed: int) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
-
-
-def _takes_label(model: nn.Module) -> bool:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "label" in params
 
 
 def _forward(model: nn.Module, batch: BagBatch, label: Tensor | None) -> dict[str, Tensor]:
@@ -193,10 +201,6 @@ def evaluate(model: nn.Module, task: Task, bags: Sequence[FeatureBag], *, batch_
     return metrics, torch.cat(logits)
 
 
-def _cosine_lr(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-
-
 def _score(metrics: dict[str, float], task: Task) -> tuple[float, float]:
     """Selection key (larger is better): monitor (NaN worst), then lower loss."""
     m = metrics.get(task.monitor, float("nan"))
@@ -210,13 +214,6 @@ def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Task, sizes: tuple[in
     d.update(model=type(model).__name__, n_params=count_parameters(model), task=repr(task),
              n_train=sizes[0], n_val=sizes[1], n_test=sizes[2])
     return d
-
-
-def _check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
-    differ = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
-    if differ:
-        raise ValueError(f"{path} belongs to a different run (saved vs now: {differ}); "
-                         "use another out_dir or resume=False")
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -236,13 +233,44 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _train_epoch(model: nn.Module, task: Task, bags: Sequence[FeatureBag], cfg: TrainConfig, epoch: int,
+                 opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
+                 give_label: bool, where: Path) -> float:
+    """One pass over ``bags`` in an order seeded by (seed, epoch); the mean training loss."""
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = torch.randperm(len(bags), generator=gen).tolist()
+    n_batches = math.ceil(len(order) / cfg.batch_size)
+    total, seen = 0.0, 0
+    opt.zero_grad(set_to_none=True)
+    for j, batch in enumerate(_batches(bags, order, cfg.batch_size)):
+        batch = _to_device(batch, device)
+        group = min(cfg.accumulation, n_batches - (j // cfg.accumulation) * cfg.accumulation)
+        with _autocast(device, cfg.amp):
+            res = _forward(model, batch, batch.label if give_label else None)
+            loss = task.loss(res["logits"], batch) + res.get("aux_loss", 0)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{where}: epoch {epoch}: non-finite loss {float(loss)} on bags "
+                                     f"{list(batch.case_ids)}")
+        scaler.scale(loss / group).backward()
+        if (j + 1) % cfg.accumulation == 0 or j == n_batches - 1:
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        total += float(loss.detach()) * len(batch)
+        seen += len(batch)
+    return total / seen
+
+
 def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags: Sequence[FeatureBag],
         test_bags: Sequence[FeatureBag], config: TrainConfig | None = None,
-        out_dir: str | os.PathLike = "r2t_runs/run") -> FitResult:
+        out_dir: str | os.PathLike = "r2t_runs/run", spec: ModelSpec | None = None) -> FitResult:
     """Train, select on validation, test once; see the module docstring.
 
     ``task`` is fitted on ``train_bags`` first (e.g. survival bins). Seed the global RNGs
     (:func:`seed_everything`) before building ``model`` for a reproducible initialisation.
+    ``spec``: how ``model`` was built (:func:`~r2t_plugin.models.build_model`); when given,
+    ``best.pt`` carries it.
     """
     cfg = config or TrainConfig()
     out = Path(out_dir)
@@ -255,7 +283,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
     if cfg.resume and result_path.is_file():
         with open(result_path, encoding="utf-8") as fh:
             saved = json.load(fh)
-        _check_same_run(saved["fingerprint"], fp, result_path)
+        check_same_run(saved["fingerprint"], fp, result_path)
         return FitResult(**saved["result"])
 
     prev_threads = torch.get_num_threads()
@@ -271,91 +299,56 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = _OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        give_label = task.kind == "classification" and _takes_label(model)
+        parts = {"model": model, "optimizer": opt, "schedule": schedule, "scaler": scaler}
+        give_label = task.kind == "classification" and takes_label(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        run = load_resume(last_path, parts, fp) if cfg.resume and last_path.is_file() else Progress()
 
-        start, history, elapsed = 0, [], 0.0
-        best_key, best_epoch, wait = (-math.inf, -math.inf), -1, 0
-        if cfg.resume and last_path.is_file():
-            ck = torch.load(last_path, map_location="cpu", weights_only=True)
-            _check_same_run(json.loads(ck["fingerprint"]), fp, last_path)
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            scaler.load_state_dict(ck["scaler"])
-            torch.set_rng_state(ck["rng"])
-            start, history, elapsed = ck["epoch"] + 1, ck["history"], ck["seconds"]
-            best_key, best_epoch, wait = tuple(ck["best_key"]), ck["best_epoch"], ck["wait"]
-
-        bar = tqdm(total=cfg.epochs, initial=start, disable=not cfg.progress, desc=f"fit {out.name}",
+        bar = tqdm(total=cfg.epochs, initial=run.next_epoch, disable=not cfg.progress, desc=f"fit {out.name}",
                    unit="epoch", leave=False)
-        stopped = bool(cfg.patience and wait >= cfg.patience)
-        for epoch in range(start, cfg.epochs):
-            if stopped:
+        for epoch in range(run.next_epoch, cfg.epochs):
+            if run.stopped(cfg.patience):
                 break
             t0 = time.perf_counter()
-            lr = _cosine_lr(cfg, epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            model.train()
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(train_bags), generator=gen).tolist()
-            n_batches = math.ceil(len(order) / cfg.batch_size)
-            total, seen = 0.0, 0
-            opt.zero_grad(set_to_none=True)
-            for j, batch in enumerate(_batches(train_bags, order, cfg.batch_size)):
-                batch = _to_device(batch, device)
-                group = min(cfg.accumulation, n_batches - (j // cfg.accumulation) * cfg.accumulation)
-                with _autocast(device, cfg.amp):
-                    res = _forward(model, batch, batch.label if give_label else None)
-                    loss = task.loss(res["logits"], batch) + res.get("aux_loss", 0)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{out}: epoch {epoch}: non-finite loss {float(loss)} on bags "
-                                             f"{list(batch.case_ids)}")
-                scaler.scale(loss / group).backward()
-                if (j + 1) % cfg.accumulation == 0 or j == n_batches - 1:
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                total += float(loss.detach()) * len(batch)
-                seen += len(batch)
+            lr = schedule.get_last_lr()[0]
+            train_loss = _train_epoch(model, task, train_bags, cfg, epoch, opt, scaler, device, give_label, out)
+            schedule.step()
             val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp)
             key = _score(val, task)
-            improved = best_epoch < 0 or key > best_key
+            improved = run.best_epoch < 0 or key > run.best_key
             if improved:
-                best_key, best_epoch, wait = key, epoch, 0
-                atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, best_path)
+                run.best_key, run.best_epoch, run.wait = key, epoch, 0
+                save_best(best_path, model, spec)
             else:
-                wait += 1
-            elapsed += time.perf_counter() - t0
-            history.append({"epoch": epoch, "lr": lr, "train_loss": total / seen,
-                            **{f"val_{k}": v for k, v in val.items()},
-                            "best": int(improved), "seconds": time.perf_counter() - t0})
-            _write_log(out / "log.csv", history)
-            atomic_torch_save({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "history": history,
-                "seconds": elapsed, "best_key": list(best_key), "best_epoch": best_epoch, "wait": wait,
-                "fingerprint": json.dumps(fp),
-            }, last_path)
+                run.wait += 1
+            seconds = time.perf_counter() - t0
+            run.seconds += seconds
+            run.next_epoch = epoch + 1
+            run.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                                **{f"val_{k}": v for k, v in val.items()},
+                                "best": int(improved), "seconds": seconds})
+            _write_log(out / "log.csv", run.history)
+            save_resume(last_path, parts, run, fp)
             bar.update(1)
-            bar.set_postfix(loss=f"{total / seen:.3f}", **{f"val_{task.monitor}": f"{val.get(task.monitor, float('nan')):.3f}"})
-            stopped = bool(cfg.patience and wait >= cfg.patience)
+            bar.set_postfix(loss=f"{train_loss:.3f}",
+                            **{f"val_{task.monitor}": f"{val.get(task.monitor, float('nan')):.3f}"})
         bar.close()
 
         t0 = time.perf_counter()
-        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+        load_best(best_path, model, spec)
         test = {}
         if len(test_bags):
             test, _ = evaluate(model, task, test_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp)
-        elapsed += time.perf_counter() - t0
-        best_row = history[best_epoch]
-        val_best = {k[4:]: v for k, v in best_row.items() if k.startswith("val_")}
+        run.seconds += time.perf_counter() - t0
+        val_best = {k[4:]: v for k, v in run.history[run.best_epoch].items() if k.startswith("val_")}
         peak, kind = _peak_memory(device)
-        result = FitResult(val=val_best, test=test, monitor=task.monitor, epochs_run=len(history),
-                           best_epoch=best_epoch, seconds=elapsed, peak_memory_mb=peak, peak_memory_kind=kind,
-                           n_params=count_parameters(model), out_dir=str(out), history=history)
+        result = FitResult(val=val_best, test=test, monitor=task.monitor, epochs_run=len(run.history),
+                           best_epoch=run.best_epoch, seconds=run.seconds, peak_memory_mb=peak,
+                           peak_memory_kind=kind, n_params=count_parameters(model), out_dir=str(out),
+                           history=run.history)
         atomic_write_text(result_path, json.dumps({"fingerprint": fp, "result": asdict(result)}, indent=2) + "\n")
         last_path.unlink(missing_ok=True)
         return result

@@ -1,0 +1,83 @@
+"""The checkpoints of one training run (:func:`r2t_plugin.train.fit`), kept apart from its epoch loop.
+
+- ``last.pt``: the state of every stateful part of the run (model, optimizer, learning-rate
+  schedule, gradient scaler), the torch RNG and the :class:`Progress`, so that an
+  interrupted run continues exactly where it stopped;
+- ``best.pt``: the selected model, self-describing (:func:`r2t_plugin.models.save_checkpoint`)
+  when its :class:`~r2t_plugin.models.ModelSpec` is known, else the bare ``state_dict``.
+
+Both are ``torch.save`` files of plain values, read with ``torch.load(..., weights_only=True)``,
+and written atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .io import atomic_torch_save
+from .models import ModelSpec, save_checkpoint
+
+__all__ = ["Progress", "check_same_run", "save_resume", "load_resume", "save_best", "load_best"]
+
+
+@dataclass
+class Progress:
+    """Where a run stands between epochs: the next epoch, the per-epoch log, the training
+    seconds so far and the early-stopping state (best selection key and epoch, epochs since)."""
+
+    next_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+    best_epoch: int = -1
+    wait: int = 0
+
+    def stopped(self, patience: int | None) -> bool:
+        """Whether early stopping has ended the run (``patience`` None: never)."""
+        return bool(patience and self.wait >= patience)
+
+
+def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """Refuse to resume from ``path`` when its run fingerprint differs from this run's."""
+    differ = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+    if differ:
+        raise ValueError(f"{path} belongs to a different run (saved vs now: {differ}); "
+                         "use another out_dir or resume=False")
+
+
+def save_resume(path: Path, parts: dict[str, Any], progress: Progress, fingerprint: dict[str, Any]) -> None:
+    """Write ``last.pt``: ``state_dict()`` of every part, the torch RNG, ``progress``."""
+    atomic_torch_save({"state": {name: part.state_dict() for name, part in parts.items()},
+                       "rng": torch.get_rng_state(), "fingerprint": json.dumps(fingerprint),
+                       "progress": {**asdict(progress), "best_key": list(progress.best_key)}}, path)
+
+
+def load_resume(path: Path, parts: dict[str, Any], fingerprint: dict[str, Any]) -> Progress:
+    """Restore what :func:`save_resume` wrote into ``parts`` (and the RNG); the saved progress."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    check_same_run(json.loads(saved["fingerprint"]), fingerprint, path)
+    for name, part in parts.items():
+        part.load_state_dict(saved["state"][name])
+    torch.set_rng_state(saved["rng"])
+    return Progress(**{**saved["progress"], "best_key": tuple(saved["progress"]["best_key"])})
+
+
+def save_best(path: Path, model: nn.Module, spec: ModelSpec | None) -> None:
+    """Write ``best.pt``: ``model``'s weights (on CPU), with ``spec`` when it is known."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if spec is None:
+        atomic_torch_save(state, path)
+    else:
+        save_checkpoint(path, state, spec)
+
+
+def load_best(path: Path, model: nn.Module, spec: ModelSpec | None) -> None:
+    """Load the weights :func:`save_best` wrote (with the same ``spec``) into ``model``."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved if spec is None else saved["state_dict"])
