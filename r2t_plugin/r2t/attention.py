@@ -1,4 +1,4 @@
-"""The two attention layers of R²T: R-MSA with EPEG (§3) and CR-MSA (§4).
+"""The two attention layers of R²T (Tang et al., CVPR 2024): R-MSA with EPEG and CR-MSA.
 
 Both work on the batch's real tokens, flattened to (T, C), and a
 :class:`~r2t_plugin.r2t.regions.Regions` partition, so that the official (zero-padded,
@@ -6,8 +6,8 @@ unmasked) and the default (masked) behaviour share one implementation.
 
 R-MSA is token-wise projections around :func:`region_attention`, which attends inside
 the regions one chunk at a time in the forward AND the backward pass: it never holds the
-logits (or any slot-shaped temporary) of more than one chunk. EPEG uses the identity of
-§8: a (k x 1) convolution of the logits along the query axis is attention with queries
+logits (or any slot-shaped temporary) of more than one chunk. EPEG uses an identity: a
+(k x 1) convolution of the logits along the query axis is attention with queries
 ``q + depthwise_conv1d(q)`` (the bias cancels in the softmax), so every chunk is one call
 of a fused attention kernel.
 """
@@ -249,7 +249,8 @@ def region_attention(h: Tensor, norm: nn.LayerNorm | None, weight: Tensor, bias:
 
 
 class RegionAttention(nn.Module):
-    """R-MSA: multi-head self-attention inside each region, with EPEG (§3).
+    """R-MSA: multi-head self-attention inside each region, with EPEG (the embedded
+    position encoding of Tang et al., CVPR 2024).
 
     Parameters follow the reference: ``qkv`` Linear(C, 3C), ``proj`` Linear(C, C), and
     ``pe`` a depthwise (k x 1) convolution weight (heads, 1, k, 1) with a bias (heads,)
@@ -280,7 +281,7 @@ class RegionAttention(nn.Module):
 
 
 class CrossRegionAttention(nn.Module):
-    """CR-MSA (§4): K representatives per region, attention across regions, dispatch back.
+    """CR-MSA (Tang et al., CVPR 2024): K representatives per region, attention across regions, dispatch back.
 
     ``phi`` is a (C, K) parameter, or with ``mlp`` a Linear(C, C/4) -> Tanh -> Linear(C/4, K)
     without biases. ``qkv`` / ``proj`` are the cross-region multi-head attention. The
@@ -332,7 +333,7 @@ class CrossRegionAttention(nn.Module):
             n = e - s
             tok = rows[off : off + n * p].view(n, p, c)
             keep = regions.active[s:e, :p, None]
-            # softmaxes and min-max weights in float32 (the 1e-8 of §4 vanishes in half precision)
+            # softmaxes and min-max weights in float32 (the reference's 1e-8 in the min-max weights vanishes in half precision)
             parts.append((tok, self.logits(tok).float(), keep))
         reps = []
         for tok, g, keep in parts:

@@ -1,4 +1,4 @@
-"""R²T-MIL: the R²T stage + ABMIL + a linear classifier (R2T_SPEC.md §1)."""
+"""R²T-MIL (Tang et al., CVPR 2024): the R²T stage + ABMIL + a linear classifier."""
 from __future__ import annotations
 
 from torch import Tensor, nn

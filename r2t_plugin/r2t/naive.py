@@ -2,7 +2,7 @@
 
 The yardstick of the fast path (tests) and of the benchmark. It shares an :class:`R2T`'s
 parameters and partition but writes each layer the obvious way: all regions padded to
-one size, logits (R, h, P, P), EPEG as the (k x 1) convolution of the logits (§3),
+one size, logits (R, h, P, P), EPEG as the (k x 1) convolution of the logits (as in the paper),
 masked softmax, explicit cross-region attention. Memory grows as R * P², so it only fits
 moderate bags.
 """

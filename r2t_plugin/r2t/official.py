@@ -1,4 +1,6 @@
-"""Checkpoints trained with the authors' R²T code (R2T_SPEC.md §6): import and export.
+"""Checkpoints trained with the authors' R²T code (Tang et al., CVPR 2024): import and export.
+
+The README's section "Loading checkpoints trained with the authors' code" shows the use.
 
 The reference stores no hyperparameters. Shapes tell the input width, width, heads (from
 the EPEG kernel), K, epeg_k, number of layers, number of classes and whether Φ is an MLP;
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .model import R2TABMIL
 from .stage import R2T
@@ -26,7 +29,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as the reference's R²T."""
 
 
-# Published per-dataset settings (§6); all use n_layers 2 and a tanh ABMIL activation.
+# Published per-dataset settings of the authors' runs; all use n_layers 2 and a tanh ABMIL activation.
 PRESETS: dict[str, dict[str, Any]] = {
     "C16-R50": dict(epeg_k=15, crmsa_k=1, crmsa_heads=8, all_shortcut=True, crmsa_mlp=False, in_dim=1024),
     "C16-PLIP": dict(epeg_k=9, crmsa_k=3, crmsa_heads=8, all_shortcut=True, crmsa_mlp=False, in_dim=512),
@@ -56,7 +59,7 @@ _STAGE = [  # (our prefix, the reference's prefix) inside the encoder
 
 
 def official_key(ours: str, encoder_only: bool) -> str:
-    """This package's state-dict key -> the reference's key (§6)."""
+    """This package's state-dict key -> the reference's key."""
     if not encoder_only:
         if ours in _HEAD:
             return _HEAD[ours]
@@ -91,14 +94,13 @@ def _read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Tens
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{where}: entries that are not tensors: {bad[:5]}; expected a state dict")
-    out = {}
-    for k, v in sd.items():
-        out[k[len("module."):] if k.startswith("module.") else k] = v
+    out = dict(sd)
+    consume_prefix_in_state_dict_if_present(out, "module.")  # saved from a DataParallel model
     return out, where
 
 
 def _infer(sd: dict[str, Tensor], where: str) -> dict[str, Any]:
-    """Everything the shapes tell (§6)."""
+    """Everything the shapes of the reference's state dict tell."""
     enc = _ENC if any(k.startswith(_ENC) for k in sd) else ""
     info: dict[str, Any] = {"encoder_only": not enc}
     try:
@@ -209,7 +211,7 @@ def load_official_checkpoint(
 
 
 def to_official_state_dict(model: R2TABMIL | R2T) -> dict[str, Tensor]:
-    """The model's parameters under the reference's keys (§6), ready for its code."""
+    """The model's parameters under the reference's keys, ready for its code."""
     encoder_only = isinstance(model, R2T)
     stage = model if encoder_only else model.stage
     if stage.head is not None:

@@ -1,4 +1,4 @@
-"""Region partitions (R2T_SPEC.md §2 and §7) as gather indices.
+"""Region partitions of R²T (Tang et al., CVPR 2024) as gather indices.
 
 A partition of a batch is a :class:`Regions`. The batch's real instances are numbered
 0..T-1 in row-major (bag, position) order (the "tokens"); R regions of up to P slots
@@ -6,9 +6,9 @@ hold them, every slot either a token or empty. Layers gather tokens into slots, 
 inside each region and gather the result back (both directions are row gathers, since
 every token sits in exactly one slot). One structure serves every mode:
 
-- official (§2): the file-order grid with its zero padding; pads are real zero tokens that
+- official: the reference implementation's file-order grid with its zero padding; pads are real zero tokens that
   take part in attention (``active`` is all True) but are never gathered back;
-- default (§7): the same grid (``layout="sequence"``) or windows over the patch grid
+- default (README, "The R²T stage"): the same grid (``layout="sequence"``) or windows over the patch grid
   (``layout="coords"``); empty slots are inactive (never keys, zero queries) and only
   regions holding at least one instance exist.
 
@@ -26,6 +26,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..geometry import batched_grid_cells, infer_patch_sizes
 
 __all__ = ["Regions", "official_regions", "sequence_regions", "coords_regions", "RegionError"]
 
@@ -134,7 +136,7 @@ def _merge_groups(sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], .
 
 
 def official_regions(b: int, n: int, region_num: int, device=None) -> Regions:
-    """The reference partition (§2): L x L regions over a zero-padded file-order grid.
+    """The reference partition: L x L regions over a zero-padded file-order grid.
 
     The H*H - N pads are zero tokens that take part in attention like any other.
     """
@@ -170,7 +172,7 @@ def _sequence_grid(nb: int, region_num: int | None, region_size: int | None, m_m
 
 def sequence_regions(mask: Tensor, *, region_num: int | None, region_size: int | None,
                      min_region_tokens: int, lengths: list[int] | None = None) -> Regions:
-    """Default-mode file-order grid (§7): real instances only, empty slots inactive.
+    """Default-mode file-order grid: real instances only, empty slots inactive.
 
     With ``region_num`` L the grid side is rounded up to a multiple of L (as in the
     paper); with ``region_size`` S each region is S x S and their number grows with N.
@@ -207,39 +209,22 @@ def sequence_regions(mask: Tensor, *, region_num: int | None, region_size: int |
                    groups=_merge_groups(sizes), bag_regions=tuple(counts))
 
 
-def _infer_patch_size(c: Tensor, mask: Tensor) -> Tensor:
-    """(B,) smallest positive gap between the real coordinates of each bag along x or y."""
-    inf = torch.tensor(float("inf"), device=c.device)
-    best = torch.full((c.shape[0],), float("inf"), device=c.device)
-    for axis in range(2):
-        v = torch.where(mask, c[..., axis], inf).sort(dim=1).values
-        gap = v[:, 1:] - v[:, :-1]
-        gap = torch.where(torch.isfinite(gap) & (gap > 0), gap, inf)
-        best = torch.minimum(best, gap.amin(dim=1) if gap.shape[1] else best)
-    return torch.where(torch.isfinite(best), best, torch.ones_like(best))
-
-
 def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
                    region_num: int | None, region_size: int | None, min_region_tokens: int,
                    bag_names: list[str] | None = None) -> Regions:
-    """Default-mode regions from patch coordinates (§7).
+    """Default-mode regions from patch coordinates (``layout="coords"``).
 
-    Grid cell = floor((coord - bag minimum) / patch_size), row from y, column from x.
+    Grid cells as in :func:`r2t_plugin.geometry.batched_grid_cells` (row from y, column from x).
     Windows of S x S cells (with ``region_num`` L: S = ceil(max(grid h, grid w) / L));
     only windows holding an instance exist; slots row-major inside a window. Everything
-    is computed on the batch's device in float32 / int64, with one host transfer.
+    is computed on the batch's device (float32 coordinates, int64 cells), with one host transfer.
     """
     b, n = mask.shape
     device = mask.device
     m_min = _min_side(min_region_tokens)
-    c = coords.to(torch.float32)
-    big = torch.tensor(float("inf"), device=device)
-    cmin = torch.where(mask[..., None], c, big).amin(dim=1)  # (B, 2)
-    ps = _infer_patch_size(c, mask) if patch_size is None else patch_size.to(device, torch.float32)
-    rel = (c - cmin[:, None, :]) / ps[:, None, None]
-    # a small tolerance so that 2 * 256 / 256 never floors to 1.999...
-    cells = torch.floor(rel + 1e-3).clamp(min=0).long().where(mask[..., None], 0)
-    row, col = cells[..., 1], cells[..., 0]
+    ps = infer_patch_sizes(coords, mask) if patch_size is None else patch_size.to(device, torch.float32)
+    cells = batched_grid_cells(coords, mask, ps)
+    row, col = cells[..., 0], cells[..., 1]
     gh, gw = row.amax(dim=1) + 1, col.amax(dim=1) + 1  # (B,)
     if region_size is not None:
         s = torch.full_like(gh, max(region_size, m_min))
@@ -290,7 +275,7 @@ def _raise_duplicate(mask: Tensor, cells: Tensor, coords: Tensor, ps: Tensor,
     for i in range(mask.shape[0]):
         positions = torch.nonzero(mask[i]).flatten()
         cl = cells[i][positions]
-        key = cl[:, 1] * (int(cl[:, 0].max()) + 1) + cl[:, 0]
+        key = cl[:, 0] * (int(cl[:, 1].max()) + 1) + cl[:, 1]
         order = torch.argsort(key, stable=True)
         k = key[order]
         same = torch.nonzero(k[1:] == k[:-1]).flatten()

@@ -1,4 +1,4 @@
-"""The R²T re-embedding stage (R2T_SPEC.md §1 and §7)."""
+"""The R²T re-embedding stage (Tang et al., CVPR 2024; README, "The R²T stage")."""
 from __future__ import annotations
 
 import math
@@ -54,23 +54,44 @@ class _PreNorm(nn.Module):
 
 
 class R2T(nn.Module):
-    """Re-embedded Regional Transformer: re-embeds a bag of instance features.
+    """Re-embedded Regional Transformer (Tang et al., CVPR 2024): re-embeds a bag of
+    instance features with ``n_layers - 1`` R-MSA layers (regional attention with EPEG) and
+    one CR-MSA layer (attention across regions); the README's "The R²T stage" lists the
+    options with their defaults.
 
-    ``forward(x, mask=None, coords=None, patch_size=None)``: ``x`` (B, N, D) or (N, D);
-    ``mask`` (B, N) bool, True = real instance; ``coords`` (B, N, 2) or (N, 2) level-0
-    pixels; ``patch_size`` a float or (B,) tensor. Returns (B, N, D_out) or (N, D_out),
-    ``D_out = out_dim or dim``; padded positions are zero.
+    ``mode="default"`` masks padding (a bag gives the same output alone and in a padded
+    batch), runs CR-MSA per bag, uses one region setting for both layers, gives small bags
+    fewer, larger regions and can take regions from patch coordinates. ``mode="official"``
+    (use :meth:`official`) computes exactly what the authors' code computes, for their
+    checkpoints: no masking, the file-order grid with zero padding, CR-MSA on a fixed
+    8 x 8 partition and across the bags of a batch. Token-wise work runs on the batch's
+    real instances only, never on padding.
 
-    ``in_dim=None``: no input projection (the stage runs at width ``dim`` on features that
-    are already projected). Layers: ``n_layers - 1`` R-MSA layers then one CR-MSA layer
-    (with ``crmsa=False``: ``n_layers`` R-MSA layers). ``mode="official"`` (use
-    :meth:`official`) reproduces the reference implementation exactly (§2-§4): no
-    masking, the file-order grid with zero padding, CR-MSA on a fixed 8 x 8 partition and
-    across the bags of a batch. ``mode="default"`` is §7.
+    Args:
+        in_dim: width D of the input features; None: no input projection (the stage runs
+            at width ``dim`` on features already projected, e.g. by an aggregator).
+        dim: working width C of the encoder.
+        out_dim: output width (a final Linear when it differs from ``dim``); default ``dim``.
+        n_layers: encoder layers (the last is CR-MSA when ``crmsa``).
+        heads: heads of R-MSA (``dim`` must divide by it).
+        region_num: the paper's fixed L x L region count; replaced by ``region_size``.
+        region_size: a fixed S x S window (the number of regions grows with N).
+        min_region_tokens: default mode: the least tokens per region for small bags.
+        layout: ``"sequence"`` (file-order grid) or ``"coords"`` (windows over the patch grid).
+        epeg, epeg_k: the embedded position encoding and its odd kernel size.
+        crmsa, crmsa_k, crmsa_heads, crmsa_mlp: cross-region attention, its K
+            representatives per region, its heads and Φ as an MLP.
+        all_shortcut: add the encoder's input to its output.
+        act, input_dropout: activation and dropout of the input projection.
+        dropout: dropout of the attention outputs.
+        mode: ``"default"`` or ``"official"``.
+        chunk_tokens: region slots attended at a time (bounds the attention's temporaries
+            in the forward and backward pass; results do not depend on it).
 
-    ``chunk_tokens``: region slots attended at a time (bounds the attention's temporaries
-    in the forward and the backward pass; results do not depend on it). Token-wise work
-    runs on the batch's real instances only, never on padding.
+    Shapes:
+        - **input:** ``x`` (B, N, D) or (N, D); ``mask`` (B, N) bool, True = real instance;
+          ``coords`` (B, N, 2) or (N, 2) level-0 pixels; ``patch_size`` a float or (B,).
+        - **output:** (B, N, ``out_dim``) or (N, ``out_dim``); padded positions are zero.
     """
 
     def __init__(
@@ -120,13 +141,6 @@ class R2T(nn.Module):
         self.region_num, self.region_size = region_num, region_size
         self.min_region_tokens = 0 if mode == "official" else min_region_tokens
         self.all_shortcut = all_shortcut
-        self.options = dict(
-            in_dim=in_dim, dim=dim, out_dim=out_dim, n_layers=n_layers, heads=heads,
-            region_num=region_num, region_size=region_size, min_region_tokens=min_region_tokens,
-            layout=layout, epeg=epeg, epeg_k=epeg_k, crmsa=crmsa, crmsa_k=crmsa_k,
-            crmsa_heads=crmsa_heads, crmsa_mlp=crmsa_mlp, all_shortcut=all_shortcut, act=act,
-            input_dropout=input_dropout, dropout=dropout, mode=mode, chunk_tokens=chunk_tokens,
-        )
         if in_dim is not None:
             self.proj = nn.Sequential(nn.Linear(in_dim, dim), make_activation(act), nn.Dropout(input_dropout))
         else:
@@ -147,7 +161,7 @@ class R2T(nn.Module):
         return cls(in_dim, dim, mode="official", **options)
 
     def reset_parameters(self) -> None:
-        """Reference init (§5): xavier-normal weights, zero biases, Φ uniform ±1/sqrt(K)."""
+        """The reference implementation's init: xavier-normal weights, zero biases, Φ uniform ±1/sqrt(K)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_normal_(m.weight)
@@ -214,7 +228,7 @@ class R2T(nn.Module):
         return out[0] if single else out
 
     def _encode(self, x: Tensor, rmsa: Regions, cr: Regions | None, per_bag: bool) -> Tensor:
-        """(T, C) tokens through the encoder layers (§1)."""
+        """(T, C) tokens through the encoder layers."""
         shortcut = x
         for layer in self.layers:
             x = _residual(layer(x, rmsa), x)
@@ -252,7 +266,5 @@ class R2T(nn.Module):
                  confirm=lambda: torch.isfinite(x).all())
 
     def extra_repr(self) -> str:
-        o = self.options
-        return (f"mode={self.mode}, layout={self.layout}, in_dim={o['in_dim']}, dim={o['dim']}, "
-                f"region_num={self.region_num}, region_size={self.region_size}, heads={o['heads']}, "
-                f"epeg_k={o['epeg_k'] if o['epeg'] else None}, crmsa_k={o['crmsa_k'] if o['crmsa'] else None}")
+        return (f"mode={self.mode}, layout={self.layout}, in_dim={self.in_dim}, dim={self.dim}, "
+                f"region_num={self.region_num}, region_size={self.region_size}")

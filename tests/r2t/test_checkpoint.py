@@ -1,4 +1,4 @@
-"""Importing checkpoints of the authors' code (R2T_SPEC.md §6) and writing them back."""
+"""Importing checkpoints of the authors' code and writing them back."""
 import argparse
 
 import pytest
@@ -6,12 +6,12 @@ import torch
 
 from r2t_plugin import R2T, R2TABMIL, load_official_checkpoint, to_official_state_dict
 from r2t_plugin.r2t.official import PRESETS, CheckpointError
-import reference_loops as ref
+from . import reference_loops as ref
 
 
 def reference_state_dict(d_in=12, c=16, heads=2, k=1, epeg_k=5, n_classes=2, rmsa_layers=1,
                          mlp=False, seed=0):
-    """A checkpoint with exactly the §6 keys, written by hand from the table."""
+    """A checkpoint with exactly the reference's keys, written by hand."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.3  # noqa: E731
     e = "online_encoder."
@@ -63,10 +63,18 @@ def test_round_trip_is_bit_exact(kw):
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
 
 
+def stage_config(stage: R2T) -> dict:
+    """The hyperparameters an R2T was built with, read from its modules."""
+    rmsa, cr = stage.layers[0].attn, stage.crmsa.attn
+    return dict(in_dim=stage.in_dim, dim=stage.dim, heads=rmsa.heads, epeg_k=rmsa.pe.kernel_size[0],
+                crmsa_k=cr.k, crmsa_heads=cr.heads, crmsa_mlp=isinstance(cr.phi, torch.nn.Sequential),
+                n_layers=len(stage.layers) + 1, all_shortcut=stage.all_shortcut)
+
+
 def test_shapes_are_inferred():
     model = load_official_checkpoint(reference_state_dict(mlp=True, k=5, epeg_k=9, rmsa_layers=2, n_classes=4),
                                      crmsa_heads=2, all_shortcut=False, abmil_act="tanh")
-    o = model.stage.options
+    o = stage_config(model.stage)
     assert (o["in_dim"], o["dim"], o["heads"], o["epeg_k"], o["crmsa_k"], o["crmsa_mlp"], o["n_layers"]) == \
         (12, 16, 2, 9, 5, True, 3)
     assert model.n_classes == 4
@@ -75,7 +83,7 @@ def test_shapes_are_inferred():
 def test_preset_fills_hyperparameters():
     sd = reference_state_dict(d_in=1024, c=16, heads=2, k=1, epeg_k=15)
     model = load_official_checkpoint(sd, preset="C16-R50")
-    o = model.stage.options
+    o = stage_config(model.stage)
     assert o["all_shortcut"] is True and o["crmsa_heads"] == 8 and model.pool.attention[1].__class__.__name__ == "Tanh"
     with pytest.raises(CheckpointError, match="preset 'NSCLC-R50' says epeg_k=21"):
         load_official_checkpoint(sd, preset="NSCLC-R50")

@@ -1,4 +1,4 @@
-"""The default mode (R2T_SPEC.md §7): masking, per-bag CR-MSA, regions, layouts."""
+"""The default mode (README, "The R²T stage"): masking, per-bag CR-MSA, regions, layouts."""
 import pytest
 import torch
 

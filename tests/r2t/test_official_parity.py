@@ -1,9 +1,9 @@
-"""R2T.official against the loop reference of R2T_SPEC.md (tests/r2t/reference_loops.py)."""
+"""R2T.official against the slow loop reference (tests/r2t/reference_loops.py)."""
 import pytest
 import torch
 
 from r2t_plugin import R2TABMIL, to_official_state_dict
-import reference_loops as ref
+from . import reference_loops as ref
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -65,8 +65,8 @@ def test_crmsa_is_exercised_on_large_regions():
 
 
 def test_small_bags_are_per_instance_maps_in_official_mode():
-    """§2: N <= 64 with 8 x 8 regions: every region is one token, so each output row depends
-    on its own input row only (a documented reference quirk)."""
+    """The reference grid, N <= 64 with 8 x 8 regions: every region is one token, so each
+    output row depends on its own input row only (a documented reference quirk)."""
     torch.manual_seed(0)
     model = R2TABMIL.official(12, 2, 16, heads=2, crmsa_heads=2, epeg_k=5).eval()
     randomise(model, 2)
