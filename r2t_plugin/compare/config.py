@@ -14,16 +14,22 @@ Relative paths in the file are resolved against the file's folder. See
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import UnionType
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..r2t.stage import R2T
+from ..train import TrainConfig, TrainConfigError
+from ..wrap import PLACEMENTS, with_r2t
+
 __all__ = ["ConfigError", "CohortConfig", "AggregatorConfig", "VariantConfig", "CompareConfig",
-           "load_config", "parse_config", "TRAINING_KEYS", "r2t_option_names"]
+           "load_config", "parse_config", "TRAINING_KEYS", "STAGE_OPTIONS", "r2t_option_names"]
 
 _REQUIRED = object()
 
@@ -104,37 +110,53 @@ class CompareConfig:
         return next((v for v in self.variants if v.is_plain), None)
 
 
-# Training settings passed on to r2t_plugin.train.TrainConfig (seed, device and progress
-# are set per run by the harness).
-TRAINING_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "epochs": ((int,), 20),
-    "lr": ((float, int), 2e-4),
-    "weight_decay": ((float, int), 1e-4),
-    "optimizer": ((str,), "adamw"),
-    "batch_size": ((int,), 1),
-    "accumulation": ((int,), 1),
-    "patience": ((int, type(None)), 10),
-    "amp": ((str, type(None)), None),
-    "num_threads": ((int, type(None)), None),
-}
+def _accepted(hint: Any) -> tuple[type, ...]:
+    """The YAML value types that fit the annotation ``hint`` (an integer fits a float)."""
+    out: list[type] = []
+    for t in get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,):
+        if get_origin(t) is Literal:
+            out += [type(v) for v in get_args(t)]
+        else:
+            out += [t, int] if t is float else [t]
+    return tuple(dict.fromkeys(out))
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` annotation (None for any other)."""
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def _training_keys() -> dict[str, tuple[tuple[type, ...], Any]]:
+    """The fields of :class:`~r2t_plugin.train.TrainConfig` a config sets: ``{key: (types, default)}``
+    (``seed``, ``device``, ``progress`` and ``resume`` are set per run by the harness)."""
+    hints = get_type_hints(TrainConfig)
+    return {f.name: (_accepted(hints[f.name]), f.default) for f in dataclasses.fields(TrainConfig)
+            if f.name not in ("seed", "device", "progress", "resume")}
+
+
+def _stage_options() -> dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None]]:
+    """``{key: (types, choices)}`` allowed under a variant's ``r2t``: the keyword options of
+    ``with_r2t`` and of the R2T stage (not ``in_dim`` / ``out_dim``, which the adapter sets,
+    nor ``mode``, which only the official import uses)."""
+    wrap_hints, stage_hints = get_type_hints(with_r2t), get_type_hints(R2T.__init__)
+    wrap_keys = [n for n, p in inspect.signature(with_r2t).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    stage_keys = [n for n in inspect.signature(R2T.__init__).parameters
+                  if n not in ("self", "in_dim", "out_dim", "mode")]
+    options = {n: (_accepted(stage_hints[n]), _choices(stage_hints[n])) for n in stage_keys}
+    options.update({n: (_accepted(wrap_hints[n]), PLACEMENTS if n == "placement" else _choices(wrap_hints[n]))
+                    for n in wrap_keys})
+    return dict(sorted(options.items()))
+
+
+TRAINING_KEYS = _training_keys()
+STAGE_OPTIONS = _stage_options()
 TASKS = ("classification", "survival")
 ENGINES = ("local", "ray")
-_CHOICES = {
-    "optimizer": ("adam", "adamw"),
-    "amp": (None, "bf16", "fp16"),
-    "layout": ("sequence", "coords"),
-    "placement": ("after_projection", "input"),
-}
-_WRAP_KEYS = ("stage", "placement", "residual")
 
 
 def r2t_option_names() -> list[str]:
     """Keys allowed under a variant's ``r2t``: the R2T stage options and with_r2t's own."""
-    from ..r2t.stage import R2T
-
-    params = inspect.signature(R2T.__init__).parameters
-    names = [n for n in params if n not in ("self", "in_dim", "out_dim", "mode")]
-    return sorted({*names, *_WRAP_KEYS})
+    return list(STAGE_OPTIONS)
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -177,7 +199,7 @@ class _Checker:
         if not ok:
             self.fail(full, f"expected {_type_name(types)}, got {type(value).__name__} {value!r}")
             return None if default is _REQUIRED else default
-        if choices is not None and value not in choices:
+        if choices is not None and value is not None and value not in choices:
             self.fail(full, f"{value!r} is not one of: {', '.join(map(str, choices))}")
         if check is not None and (msg := check(value)):
             self.fail(full, msg)
@@ -270,10 +292,10 @@ def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
         r2t = None
         if "r2t" in d:
             r2t = c.mapping(d["r2t"], f"{path}.r2t", allowed)
-            for key in ("layout", "placement"):
-                if key in r2t:
-                    c.get(r2t, key, f"{path}.r2t", (str,), choices=_CHOICES[key])
             r2t = {k: v for k, v in r2t.items() if k in allowed}
+            for key in r2t:
+                types, choices = STAGE_OPTIONS[key]
+                c.get(r2t, key, f"{path}.r2t", types, choices=choices)
         if name is not None:
             out.append(VariantConfig(name=name, r2t=r2t))
     names = [v.name for v in out]
@@ -285,13 +307,14 @@ def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
 
 
 def _training(c: _Checker, raw: Any) -> dict[str, Any]:
+    """The training settings; their bounds and choices are TrainConfig's own checks."""
     d = c.mapping(raw, "training", list(TRAINING_KEYS))
-    out = {}
-    for key, (types, default) in TRAINING_KEYS.items():
-        check = _positive if key in ("epochs", "batch_size", "accumulation") else None
-        if key == "lr":
-            check = lambda v: None if v > 0 else f"must be > 0, got {v}"  # noqa: E731
-        out[key] = c.get(d, key, "training", types, default, check, _CHOICES.get(key))
+    out = {key: c.get(d, key, "training", types, default) for key, (types, default) in TRAINING_KEYS.items()}
+    try:
+        TrainConfig(**out)
+    except TrainConfigError as exc:
+        for key, message in exc.problems.items():
+            c.fail(f"training.{key}", message)
     return out
 
 
