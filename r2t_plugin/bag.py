@@ -141,7 +141,10 @@ class BagBatch:
 
     @classmethod
     def collate(cls, bags: Sequence[FeatureBag]) -> "BagBatch":
-        """Pad ``bags`` to the longest one; all must share the feature width."""
+        """Pad ``bags`` to the longest one; all must share the feature width.
+
+        The batch lives on the first bag's device (the others are moved there).
+        """
         if not bags:
             raise BagError("cannot collate an empty list of bags")
         widths = {bag.dim for bag in bags}
@@ -149,23 +152,24 @@ class BagBatch:
             raise BagError(f"bags have different feature widths {sorted(widths)}: "
                            + ", ".join(f"{_name(b.case_id)}={b.dim}" for b in bags))
         b, nmax, d = len(bags), max(bag.n for bag in bags), bags[0].dim
-        dtype = bags[0].features.dtype
-        feats = torch.zeros(b, nmax, d, dtype=dtype)
-        mask = torch.zeros(b, nmax, dtype=torch.bool)
+        dtype, device = bags[0].features.dtype, bags[0].features.device
+        feats = torch.zeros(b, nmax, d, dtype=dtype, device=device)
+        mask = torch.zeros(b, nmax, dtype=torch.bool, device=device)
         with_coords = [bag.coords is not None for bag in bags]
         if any(with_coords) and not all(with_coords):
             missing = [_name(bag.case_id) for bag in bags if bag.coords is None]
             raise BagError(f"some bags in the batch have no coords: {', '.join(missing)}")
-        coords = torch.zeros(b, nmax, 2) if all(with_coords) else None
+        coords = torch.zeros(b, nmax, 2, device=device) if all(with_coords) else None
         for i, bag in enumerate(bags):
-            feats[i, : bag.n] = bag.features
+            feats[i, : bag.n] = bag.features.to(device)
             mask[i, : bag.n] = True
             if coords is not None:
-                coords[i, : bag.n] = bag.coords.to(coords.dtype)
+                coords[i, : bag.n] = bag.coords.to(device, coords.dtype)
         ps = [bag.patch_size for bag in bags]
-        patch = torch.tensor(ps, dtype=torch.float32) if all(p is not None for p in ps) else None
+        patch = torch.tensor(ps, dtype=torch.float32, device=device) if all(p is not None for p in ps) else None
         labels = [bag.label for bag in bags]
-        label = torch.tensor(labels, dtype=torch.long) if all(x is not None for x in labels) else None
+        label = (torch.tensor(labels, dtype=torch.long, device=device)
+                 if all(x is not None for x in labels) else None)
         times = [bag.time for bag in bags]
         surv = all(t is not None for t in times)
         return cls(
@@ -174,8 +178,8 @@ class BagBatch:
             coords=coords,
             patch_size=patch,
             label=label,
-            time=torch.tensor(times, dtype=torch.float32) if surv else None,
-            event=torch.tensor([bag.event for bag in bags], dtype=torch.long) if surv else None,
+            time=torch.tensor(times, dtype=torch.float32, device=device) if surv else None,
+            event=torch.tensor([bag.event for bag in bags], dtype=torch.long, device=device) if surv else None,
             edge_index=[bag.edge_index for bag in bags] if any(bag.edge_index is not None for bag in bags) else None,
             case_ids=tuple(bag.case_id for bag in bags),
         )
@@ -234,7 +238,7 @@ class BagBatch:
         """
         from torch_geometric.data import Batch, Data
 
-        from .graph import grid_edges
+        from .geometry import grid_edges
 
         graphs = []
         for i, bag in enumerate(self.unbatch()):

@@ -63,3 +63,13 @@ def test_to_pyg_builds_grid_graphs():
     first = data.get_example(0)
     edges = {tuple(e) for e in first.edge_index.t().tolist()}
     assert edges == {(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)}  # diagonal neighbours too; 3 isolated
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_collate_stays_on_the_bags_device():
+    bags = [bag(3, label=1, time=2.0, event=1).to("cuda"), bag(2, label=0, time=1.0, event=0).to("cuda")]
+    batch = BagBatch.collate(bags)
+    for name in ("features", "mask", "coords", "patch_size", "label", "time", "event"):
+        assert getattr(batch, name).device.type == "cuda", name
+    assert batch.to_pyg().edge_index.device.type == "cuda"

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from r2t_plugin.aggregators.base import Aggregator
-from r2t_plugin.graph import grid_edges
+from r2t_plugin.geometry import grid_edges
 from r2t_plugin.hookspecs import Registrar, StageFactory, hookimpl
 from r2t_plugin.wrap import build_tensor_wrapper, forward_parameters
 

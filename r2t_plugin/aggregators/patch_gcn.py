@@ -1,6 +1,6 @@
 """Graph MIL in the style of Patch-GCN (Chen et al., MICCAI 2021), with torch-geometric layers.
 
-The graph comes from the patch coordinates (plain torch, :mod:`r2t_plugin.graph`): the
+The graph comes from the patch coordinates (plain torch, :mod:`r2t_plugin.geometry`): the
 8-neighbour patch grid (``graph="grid"``) or the ``k`` nearest patches (``graph="knn"``).
 Residual GENConv layers (softmax aggregation), the concatenation of every layer's output,
 then gated attention pooling and a linear head. Bags of a batch form one block-diagonal
@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..graph import grid_edges, knn_edges
+from ..geometry import grid_edges, knn_edges
 from .base import Aggregator, projection
 from .pooling import GatedAttentionPool
 

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..bag import BagError, FeatureBag
-from ..graph import infer_patch_size
+from ..geometry import infer_patch_size
 
 __all__ = ["Cohort", "CaseBags", "CohortError", "assemble_case"]
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..bag import FeatureBag
-from ..graph import infer_patch_size
+from ..geometry import infer_patch_size
 from ..hookspecs import hookimpl
 
 __all__ = [

@@ -8,7 +8,7 @@ from torch import nn
 torchmil_models = pytest.importorskip("torchmil.models")
 
 from r2t_plugin import create_aggregator, with_r2t  # noqa: E402
-from r2t_plugin.graph import grid_edges  # noqa: E402
+from r2t_plugin.geometry import grid_edges  # noqa: E402
 
 from .conftest import STAGE, grads_reach, roundtrip  # noqa: E402
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r2t_plugin.data import Cohort, CohortError
-from r2t_plugin.graph import grid_cells, grid_edges
+from r2t_plugin.geometry import grid_cells, grid_edges
 
 
 def test_string_labels_map_to_classes_in_recorded_order(writer):

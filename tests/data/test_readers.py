@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r2t_plugin.data.readers import ReaderError, find_reader, read_bag
-from r2t_plugin.graph import grid_cells
+from r2t_plugin.geometry import grid_cells
 from r2t_plugin.plugins import registry
 
 RNG = np.random.default_rng(0)
