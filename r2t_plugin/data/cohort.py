@@ -24,11 +24,11 @@ import torch
 
 from ..bag import BagError, FeatureBag
 from ..geometry import infer_patch_size
+from .wsi import WSI_SUFFIXES
 
-__all__ = ["Cohort", "CaseBags", "CohortError", "assemble_case"]
+__all__ = ["Cohort", "CohortRow", "CaseBags", "CohortError", "assemble_case", "valid_time"]
 
 PathLike = str | os.PathLike
-_WSI_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".czi", ".vsi", ".bif", ".svslide"}
 _FEATURE_SUFFIXES = (".h5", ".pt", ".npy")
 _SUBDIRS = ("", "h5_files", "pt_files")
 
@@ -47,7 +47,8 @@ def _label_key(value: Any) -> str | None:
     return text or None
 
 
-def _valid_time(t: float | None) -> bool:
+def valid_time(t: float | None) -> bool:
+    """Whether ``t`` is a usable survival time (finite, not negative)."""
     return t is not None and math.isfinite(t) and t >= 0
 
 
@@ -59,7 +60,9 @@ def _sort_classes(keys: set[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Row:
+class CohortRow:
+    """One row of the table: ids, the target as read (label key, or time and event), mpp."""
+
     case_id: str
     slide_id: str
     label: str | None
@@ -114,14 +117,14 @@ class Cohort:
                             else _sort_classes(found))
         else:
             self.classes = []
-        self._cases: dict[str, list[_Row]] = {}
+        self._cases: dict[str, list[CohortRow]] = {}
         for r in self.rows:
             if r.case_id:
                 self._cases.setdefault(r.case_id, []).append(r)
         self._paths: dict[str, Path | None] = {}
         self._cached: dict[str, FeatureBag] = {}
 
-    def _row(self, rec: dict[str, Any]) -> _Row:
+    def _row(self, rec: dict[str, Any]) -> CohortRow:
         def num(col: str | None) -> float | None:
             if col is None:
                 return None
@@ -138,7 +141,7 @@ class Cohort:
             event = 1.0 - c if c is not None else None
         case = "" if rec["case_id"] is None else str(rec["case_id"]).strip()
         slide = "" if rec["slide_id"] is None else str(rec["slide_id"]).strip()
-        return _Row(case, slide, _label_key(rec[self.label_col]) if self.label_col else None,
+        return CohortRow(case, slide, _label_key(rec[self.label_col]) if self.label_col else None,
                     num(self.time_col), event, num(self.mpp_col))
 
     # ------------------------------------------------------------------ table
@@ -146,6 +149,10 @@ class Cohort:
     def case_ids(self) -> list[str]:
         """Case ids in order of first appearance."""
         return list(self._cases)
+
+    def case_rows(self, case_id: str) -> list[CohortRow]:
+        """The table rows of ``case_id``, in table order."""
+        return list(self._cases[case_id])
 
     def slides(self, case_id: str) -> list[str]:
         """Slide ids of ``case_id`` (rows without a slide id left out)."""
@@ -159,7 +166,7 @@ class Cohort:
             if r.label not in self.classes:
                 raise CohortError(f"{who}: label {r.label!r} is not one of the classes {self.classes}")
             return {"label": self.classes.index(r.label)}
-        if not _valid_time(r.time) or r.event not in (0.0, 1.0):
+        if not valid_time(r.time) or r.event not in (0.0, 1.0):
             raise CohortError(f"{who}: invalid survival target time={r.time} event={r.event}")
         return {"time": float(r.time), "event": int(r.event)}
 
@@ -192,23 +199,11 @@ class Cohort:
         if slide_id in self._paths:
             return self._paths[slide_id]
         stems = [slide_id]
-        if Path(slide_id).suffix.lower() in _WSI_SUFFIXES:
+        if Path(slide_id).suffix.lower() in WSI_SUFFIXES:
             stems.append(Path(slide_id).stem)
-        found = None
-        for d in self.feature_dirs:
-            for sub in _SUBDIRS:
-                for ext in _FEATURE_SUFFIXES:
-                    for stem in stems:
-                        p = d / sub / f"{stem}{ext}"
-                        if p.is_file():
-                            found = p
-                            break
-                    if found:
-                        break
-                if found:
-                    break
-            if found:
-                break
+        candidates = (d / sub / f"{stem}{ext}" for d in self.feature_dirs for sub in _SUBDIRS
+                      for ext in _FEATURE_SUFFIXES for stem in stems)
+        found = next((p for p in candidates if p.is_file()), None)
         self._paths[slide_id] = found
         return found
 
@@ -222,7 +217,8 @@ class Cohort:
             raise ReaderError(f"slide {slide_id!r}: no feature file found in {where}")
         return read_bag(path, format=self.format, mpp=mpp)
 
-    def _slide_mpp(self, case_id: str, slide_id: str) -> float | None:
+    def slide_mpp(self, case_id: str, slide_id: str) -> float | None:
+        """Level-0 microns per pixel of a slide from the table's ``mpp_col`` (None if not given)."""
         for r in self._cases[case_id]:
             if r.slide_id == slide_id and r.mpp is not None and not math.isnan(r.mpp):
                 return r.mpp
@@ -239,13 +235,20 @@ class Cohort:
             raise CohortError(f"{self.source}: case {case_id!r} has no slides")
         bags = []
         for s in slides:
-            bag = self.read_slide(s, self._slide_mpp(case_id, s))
+            bag = self.read_slide(s, self.slide_mpp(case_id, s))
             bag.slide_ids = (s,)  # the table's id, not the file's name
             bags.append(bag)
-        bag = assemble_case(case_id, bags, **self.target(case_id))
+        return self.keep(case_id, assemble_case(case_id, bags, **self.target(case_id)))
+
+    def keep(self, case_id: str, bag: FeatureBag) -> FeatureBag:
+        """Remember ``bag`` as the bag of ``case_id`` when caching is on; returns ``bag``."""
         if self.cache:
             self._cached[case_id] = bag
         return bag
+
+    def forget(self, case_id: str) -> None:
+        """Drop the cached bag of ``case_id`` (if any)."""
+        self._cached.pop(case_id, None)
 
     def bags(self, case_ids: Sequence[str] | None = None) -> "CaseBags":
         """A lazy sequence of case-level bags (read when indexed)."""

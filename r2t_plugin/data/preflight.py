@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..bag import FeatureBag
-from .cohort import Cohort, _valid_time, assemble_case
+from .cohort import Cohort, assemble_case, valid_time
 
 __all__ = ["Problem", "PreflightError", "PreflightWarning", "PreflightReport", "preflight"]
 
@@ -76,7 +76,7 @@ def _table_problems(cohort: Cohort) -> list[Problem]:
                 out.append(Problem(f"duplicate slide id, listed {len(cases)} times "
                                    f"(cases {sorted(set(cases))})", case_id=case or None, slide_id=slide))
     for case in cohort.case_ids:
-        rows = cohort._cases[case]
+        rows = cohort.case_rows(case)
         if not any(r.slide_id for r in rows):
             out.append(Problem("case has no slides", case_id=case))
         if cohort.kind == "classification":
@@ -92,7 +92,7 @@ def _table_problems(cohort: Cohort) -> list[Problem]:
         else:
             targets = {(r.time, r.event) for r in rows}
             for t, e in targets:
-                if not _valid_time(t):
+                if not valid_time(t):
                     out.append(Problem(f"invalid survival time {t!r}", case_id=case))
                 if e is None or (isinstance(e, float) and math.isnan(e)) or e not in (0.0, 1.0):
                     out.append(Problem(f"invalid event/censorship value {e!r} (expected 0 or 1)", case_id=case))
@@ -122,7 +122,7 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
                 problems.append(Problem(f"feature file not found in {where}", case, slide))
                 continue
             try:
-                bag = cohort.read_slide(slide, cohort._slide_mpp(case, slide))
+                bag = cohort.read_slide(slide, cohort.slide_mpp(case, slide))
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
                 text = str(exc)
                 text = text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
@@ -136,8 +136,7 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
             continue  # reported below, against the cohort's width
         try:
             if cohort.cache and case not in bad_cases and len(slide_bags) == len(cohort.slides(case)):
-                cohort._cached[case] = assemble_case(case, slide_bags, **cohort.target(case))
-                counts[case] = cohort._cached[case].n
+                counts[case] = cohort.keep(case, assemble_case(case, slide_bags, **cohort.target(case))).n
             else:
                 counts[case] = assemble_case(case, slide_bags).n
         except ValueError as exc:
@@ -147,7 +146,7 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
         if width != dim:
             problems.append(Problem(f"feature width {width}, the cohort's is {dim}", case, slide, path))
             counts.pop(case, None)
-            cohort._cached.pop(case, None)
+            cohort.forget(case)
     if not problems:
         return PreflightReport(cohort, dim, n_instances=counts)
     caseless = [p for p in problems if p.case_id is None]

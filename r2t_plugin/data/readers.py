@@ -14,6 +14,7 @@ name) and ``read(path, mpp=None) -> FeatureBag`` with coordinates in level-0 pix
   coordinates are converted to pixels; without it they stay in micrometres and
   ``patch_size`` is ``tile_size_um`` (same unit, so the patch grid is unchanged);
   ``meta["coord_unit"]`` says which.
+  :func:`write_clam_h5` writes this layout (tiling, synthetic cohorts).
 - ``clam_pt``: CLAM ``pt_files/{slide}.pt``: one float tensor (N, D), no coordinates.
 - ``npy``: a NumPy ``.npy`` array (N, D), no coordinates.
 
@@ -35,10 +36,11 @@ import torch
 from ..bag import FeatureBag
 from ..geometry import infer_patch_size
 from ..hookspecs import hookimpl
+from ..io import atomic_h5
 
 __all__ = [
     "ReaderError", "ClamH5Reader", "TridentH5Reader", "StampH5Reader", "ClamPtReader",
-    "NpyReader", "BUILTIN_READERS", "find_reader", "read_bag", "r2t_register_readers",
+    "NpyReader", "BUILTIN_READERS", "find_reader", "read_bag", "r2t_register_readers", "write_clam_h5",
 ]
 
 PathLike = str | os.PathLike
@@ -64,16 +66,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _h5_layout(path: PathLike) -> tuple[set[str], dict[str, Any]] | None:
-    """Dataset names at the root and the attributes of ``coords``; None if not HDF5."""
+def _h5_layout(path: PathLike) -> tuple[set[str], dict[str, Any]]:
+    """Dataset names at the root and the attributes of ``coords`` (both empty if not HDF5)."""
     try:
         if not h5py.is_hdf5(path):
-            return None
+            return set(), {}
         with h5py.File(path, "r") as f:
             names = {k for k, v in f.items() if isinstance(v, h5py.Dataset)}
             attrs = dict(f["coords"].attrs) if "coords" in names else {}
     except OSError:
-        return None
+        return set(), {}
     return names, attrs
 
 
@@ -123,10 +125,7 @@ class ClamH5Reader:
     name = "clam_h5"
 
     def sniff(self, path: PathLike) -> bool:
-        layout = _h5_layout(path)
-        if layout is None:
-            return False
-        names, attrs = layout
+        names, attrs = _h5_layout(path)
         return {"features", "coords"} <= names and "patch_size_level0" not in attrs
 
     def read(self, path: PathLike, mpp: float | None = None) -> FeatureBag:
@@ -147,16 +146,30 @@ class ClamH5Reader:
         return _bag(path, features, xy, patch, meta)
 
 
+def write_clam_h5(path: PathLike, features: np.ndarray, coords: np.ndarray, patch_size: int,
+                  patch_level: int = 0) -> Path:
+    """Write CLAM's ``h5`` layout atomically: ``features`` (N, D) float32, ``coords`` (N, 2)
+    int64 level-0 top-left corners with ``patch_size`` / ``patch_level`` / ``downsample``."""
+    features = np.asarray(features, dtype=np.float32)
+    coords = np.asarray(coords, dtype=np.int64)
+    if features.ndim != 2 or coords.shape != (features.shape[0], 2):
+        raise ValueError(f"features must be (N, D) and coords (N, 2), got {features.shape} and {coords.shape}")
+    with atomic_h5(path) as f:
+        f.create_dataset("features", data=features)
+        ds = f.create_dataset("coords", data=coords)
+        ds.attrs["patch_size"] = int(patch_size)
+        ds.attrs["patch_level"] = int(patch_level)
+        ds.attrs["downsample"] = np.array([1.0, 1.0])
+    return Path(path)
+
+
 class TridentH5Reader:
     """TRIDENT's ``{slide}.h5`` (``features`` + ``coords`` with patch attributes)."""
 
     name = "trident_h5"
 
     def sniff(self, path: PathLike) -> bool:
-        layout = _h5_layout(path)
-        if layout is None:
-            return False
-        names, attrs = layout
+        names, attrs = _h5_layout(path)
         return {"features", "coords"} <= names and "patch_size_level0" in attrs
 
     def read(self, path: PathLike, mpp: float | None = None) -> FeatureBag:
@@ -173,8 +186,7 @@ class StampH5Reader:
     name = "stamp_h5"
 
     def sniff(self, path: PathLike) -> bool:
-        layout = _h5_layout(path)
-        return layout is not None and {"feats", "coords"} <= layout[0]
+        return {"feats", "coords"} <= _h5_layout(path)[0]
 
     def read(self, path: PathLike, mpp: float | None = None) -> FeatureBag:
         feats, coords, _, root = _read_h5(path, "feats")

@@ -31,7 +31,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..io import atomic_h5, atomic_write_text
+from ..io import atomic_write_text
+from .readers import write_clam_h5
 
 __all__ = ["SyntheticSpec", "SyntheticCohort", "generate_cohort", "cached_cohort", "tissue_layout"]
 
@@ -226,15 +227,6 @@ def _case(rng: np.random.Generator, spec: SyntheticSpec, label: int, severity: f
     return [(c, f) for c, f in slides]
 
 
-def _write_h5(path: Path, features: np.ndarray, coords: np.ndarray, patch_size: int) -> None:
-    with atomic_h5(path) as f:
-        f.create_dataset("features", data=features.astype(np.float32))
-        ds = f.create_dataset("coords", data=coords.astype(np.int64))
-        ds.attrs["patch_size"] = patch_size
-        ds.attrs["patch_level"] = 0
-        ds.attrs["downsample"] = np.array([1.0, 1.0])
-
-
 def _survival(rng: np.random.Generator, severity: float) -> tuple[float, int]:
     """(survival_months, censorship): exponential event time, uniform censoring."""
     hazard = math.log(2) / 24.0 * math.exp(3.0 * (severity - 0.5))
@@ -276,7 +268,7 @@ def generate_cohort(out_dir: str | os.PathLike, spec: SyntheticSpec | None = Non
         for s, (cells, feats) in enumerate(slides):
             slide_id = f"{case_id}-{'AB'[s]}"
             coords = origin + cells[:, ::-1] * spec.patch_size  # (x, y) from (row, col)
-            _write_h5(h5_dir / f"{slide_id}.h5", feats, coords, spec.patch_size)
+            write_clam_h5(h5_dir / f"{slide_id}.h5", feats, coords, spec.patch_size)
             rows.append({"case_id": case_id, "slide_id": slide_id, **target})
     atomic_write_text(root / "cohort.csv", _csv_text(rows))
     atomic_write_text(root / "spec.json", json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")

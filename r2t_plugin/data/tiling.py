@@ -5,8 +5,7 @@ on HSV saturation (stained tissue is coloured, glass is grey or white) of a thum
 every level-0 grid tile of ``patch_size`` pixels that lies wholly inside the slide and is
 at least ``min_tissue`` tissue is kept; tiles are encoded by a deterministic encoder (by
 default :class:`RandomProjectionEncoder`: a fixed random projection of the downsampled
-pixels) and written as CLAM's ``h5`` (``features`` (N, D) float32, ``coords`` (N, 2)
-int64 level-0 top-left corners with ``patch_size`` / ``patch_level`` attributes).
+pixels) and written as CLAM's ``h5`` (:func:`r2t_plugin.data.readers.write_clam_h5`).
 
 Needs openslide (``pip install 'r2t-plugin[wsi]'``). Command line::
 
@@ -19,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 
-from ..io import atomic_write
+from .readers import write_clam_h5
+from .wsi import WSIError, open_wsi, read_thumbnail
 
-__all__ = ["saturation", "tissue_mask", "tile_coords", "RandomProjectionEncoder", "write_clam_h5",
-           "extract_features"]
+__all__ = ["saturation", "tissue_mask", "tile_coords", "RandomProjectionEncoder", "extract_features"]
 
 Encoder = Callable[[np.ndarray], np.ndarray]
 
@@ -87,31 +85,10 @@ class RandomProjectionEncoder:
         return (small.reshape(n, -1) / 255.0 - 0.5) @ self.weight
 
 
-def write_clam_h5(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
-                  patch_size: int, patch_level: int = 0) -> Path:
-    """Write CLAM's ``h5`` layout atomically (``coords`` level-0 top-left corners)."""
-    features = np.asarray(features, dtype=np.float32)
-    coords = np.asarray(coords, dtype=np.int64)
-    if features.ndim != 2 or coords.shape != (features.shape[0], 2):
-        raise ValueError(f"features must be (N, D) and coords (N, 2), got {features.shape} and {coords.shape}")
-
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            ds = f.create_dataset("coords", data=coords)
-            ds.attrs["patch_size"] = int(patch_size)
-            ds.attrs["patch_level"] = int(patch_level)
-            ds.attrs["downsample"] = np.array([1.0, 1.0])
-
-    return atomic_write(path, write)
-
-
 def extract_features(wsi: str | os.PathLike, out: str | os.PathLike, patch_size: int = 224, *,
                      encoder: Encoder | None = None, min_tissue: float = 0.5,
                      saturation_threshold: float = 0.1, batch: int = 64) -> Path:
     """Tile ``wsi`` at level 0, encode the tissue tiles and write a CLAM ``h5`` to ``out``."""
-    from ..heatmap.wsi import WSIError, open_wsi, read_thumbnail
-
     thumb = read_thumbnail(wsi, max_size=1024)
     coords = tile_coords(thumb.level0_size, tissue_mask(thumb.image, saturation_threshold),
                          patch_size, min_tissue)

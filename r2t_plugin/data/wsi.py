@@ -1,8 +1,9 @@
 """Whole-slide images through openslide (an optional extra: ``pip install 'r2t-plugin[wsi]'``).
 
-Only what heatmaps and tiling need: open a slide with errors that name the file, its
-level-0 size and microns per pixel, and a thumbnail that covers the whole level-0 image
-(so thumbnail pixel ``(u, v)`` is level-0 ``(u / scale_x, v / scale_y)``).
+Only what heatmaps, tiling and cohort tables need: the file suffixes of slides, finding a
+slide by its id, opening it with errors that name the file, its level-0 size and microns
+per pixel, and a thumbnail that covers the whole level-0 image (so thumbnail pixel
+``(u, v)`` is level-0 ``(u / scale_x, v / scale_y)``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WSIError", "SlideThumbnail", "open_wsi", "read_thumbnail"]
+__all__ = ["WSI_SUFFIXES", "WSIError", "SlideThumbnail", "find_wsi", "open_wsi", "read_thumbnail"]
+
+WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                ".czi", ".vsi")
+"""File suffixes of whole-slide images (lower case), in the order :func:`find_wsi` tries them."""
 
 
 class WSIError(ValueError):
@@ -27,6 +32,17 @@ def _openslide() -> Any:
         raise WSIError("reading whole-slide images needs openslide: "
                        f"pip install 'r2t-plugin[wsi]' ({type(exc).__name__}: {exc})") from exc
     return openslide
+
+
+def find_wsi(wsi_dir: str | os.PathLike, slide_id: str) -> Path | None:
+    """``{wsi_dir}/{slide_id}{suffix}`` for a known slide suffix (or the slide id as a file name)."""
+    wsi_dir = Path(wsi_dir)
+    if (wsi_dir / slide_id).is_file() and Path(slide_id).suffix.lower() in WSI_SUFFIXES:
+        return wsi_dir / slide_id
+    for suffix in WSI_SUFFIXES:
+        if (p := wsi_dir / f"{slide_id}{suffix}").is_file():
+            return p
+    return None
 
 
 def open_wsi(path: str | os.PathLike) -> Any:
