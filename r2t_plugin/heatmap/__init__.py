@@ -2,8 +2,10 @@
 
 ``r2t heatmap`` (see :mod:`r2t_plugin.heatmap.cli`); in Python::
 
-    from r2t_plugin.heatmap import load_model, slide_heatmap
-    slide_heatmap(load_model("out/runs/abmil__r2t__fold0__seed0"), "slide.h5", "slide.png", wsi="slide.svs")
+    from r2t_plugin.models import load_checkpoint
+    from r2t_plugin.heatmap import slide_heatmap
+    model, spec = load_checkpoint("out/runs/abmil__r2t__fold0__seed0/best.pt")
+    slide_heatmap(model, spec, "slide.h5", "slide.png", wsi="slide.svs")
 
 Names are imported on first use, so that ``r2t --help`` stays light.
 """
@@ -13,12 +15,10 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "ModelSpec": "model", "LoadedModel": "model", "CheckpointError": "model", "build_model": "model",
-    "load_model": "model", "save_model": "model",
     "SlideScores": "scores", "HeatmapError": "scores", "score_bag": "scores",
     "Rendered": "render", "draw_heatmap": "render", "percentile_ranks": "render",
     "slide_heatmap": "slide", "BatchItem": "batch", "run_batch": "batch", "write_index": "batch",
-    "SlideThumbnail": "wsi", "WSIError": "wsi", "open_wsi": "wsi", "read_thumbnail": "wsi",
+    "RunTestSplit": "runs", "run_checkpoint": "runs", "load_test_split": "runs",
 }
 __all__ = sorted(_WHERE)
 

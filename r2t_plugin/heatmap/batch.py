@@ -12,17 +12,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
+from ..data.wsi import WSIError, find_wsi, read_thumbnail
 from ..io import atomic_write_text, safe_name
-from .model import LoadedModel
+from ..models import ModelSpec
 from .render import check_fits
+from .runs import RunTestSplit
 from .scores import HeatmapError, score_bag
 from .slide import check_bag, draw_slide
-from .wsi import WSIError, read_thumbnail
 
-__all__ = ["BatchItem", "run_batch", "write_index", "WSI_SUFFIXES"]
-
-WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+__all__ = ["BatchItem", "run_batch", "write_index"]
 
 
 @dataclass(frozen=True)
@@ -38,37 +38,21 @@ class BatchItem:
     error: str | None = None
 
 
-def find_wsi(wsi_dir: Path, slide_id: str) -> Path | None:
-    """``{wsi_dir}/{slide_id}{suffix}`` for a known slide suffix (or the slide id as a file name)."""
-    if (wsi_dir / slide_id).is_file() and Path(slide_id).suffix.lower() in WSI_SUFFIXES:
-        return wsi_dir / slide_id
-    for suffix in WSI_SUFFIXES:
-        if (p := wsi_dir / f"{slide_id}{suffix}").is_file():
-            return p
-    return None
-
-
 def _truth(bag, spec) -> str:
     if spec.task == "classification":
         return spec.class_name(int(bag.label))
     return f"{bag.time:g} ({'event' if bag.event else 'censored'})"
 
 
-def run_batch(loaded: LoadedModel, out_dir: str | os.PathLike, wsi_dir: str | os.PathLike | None = None,
-              *, max_size: int = 2048) -> list[BatchItem]:
-    """Draw every test slide of ``loaded``'s compare run into ``out_dir`` and write the index."""
-    run = loaded.run
-    if run is None:
-        raise HeatmapError(f"{loaded.source}: the test-split batch needs a run of r2t compare "
-                           "(its folder runs/<run_id>), not a stand-alone checkpoint")
+def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: str | os.PathLike,
+              wsi_dir: str | os.PathLike | None = None, *, max_size: int = 2048) -> list[BatchItem]:
+    """Draw every slide of ``split``'s test cases with ``model`` into ``out_dir`` and write the index."""
     out_dir = Path(out_dir)
-    spec = loaded.spec
-    cohort = run.cohort()
     items: list[BatchItem] = []
-    for case_id in run.test_cases():
-        bag = cohort.load_case(case_id)
+    for case_id in split.cases:
+        bag = split.cohort.load_case(case_id)
         check_bag(bag, spec, f"case {case_id!r}")
-        scored = score_bag(loaded.model, bag, spec)
+        scored = score_bag(model, bag, spec)
         truth, predicted = _truth(bag, spec), scored.prediction_text(spec)
         correct = None if scored.predicted is None else scored.predicted == int(bag.label)
         slides = bag.meta.get("slides", list(bag.slide_ids))
@@ -79,7 +63,7 @@ def run_batch(loaded: LoadedModel, out_dir: str | os.PathLike, wsi_dir: str | os
             try:
                 thumb = None
                 if wsi_dir is not None:
-                    path = find_wsi(Path(wsi_dir), slide_id)
+                    path = find_wsi(wsi_dir, slide_id)
                     if path is None:
                         raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
                     thumb = read_thumbnail(path, max_size)
@@ -90,7 +74,7 @@ def run_batch(loaded: LoadedModel, out_dir: str | os.PathLike, wsi_dir: str | os
                 items.append(replace(item, png=png))
             except (WSIError, HeatmapError) as exc:
                 items.append(replace(item, error=str(exc)))
-    write_index(out_dir / "index.html", items, f"{spec.title}: test slides of {run.run_dir.name}")
+    write_index(out_dir / "index.html", items, f"{spec.title}: test slides of {split.run_dir.name}")
     return items
 
 

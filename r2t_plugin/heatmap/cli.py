@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``r2t heatmap``."""
     parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
                         help="a run folder of r2t compare (runs/<run_id>) or its best.pt, or a "
-                             "self-describing model checkpoint (r2t_plugin.heatmap.save_model)")
+                             "model checkpoint written by r2t_plugin.models.save_checkpoint")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--features", metavar="SLIDE.h5", help="feature file of one slide (with coordinates)")
     what.add_argument("--test-split", action="store_true",
@@ -38,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     """Draw the heatmap(s); 0 on success, 1 if some slides of a batch failed, 2 on an error."""
     from ..bag import BagError
     from ..data.readers import ReaderError
+    from ..data.wsi import WSIError
+    from ..models import CheckpointError, load_checkpoint
     from .batch import run_batch
-    from .model import CheckpointError, load_model
+    from .runs import load_test_split, run_checkpoint
     from .scores import HeatmapError
     from .slide import slide_heatmap
-    from .wsi import WSIError
 
     if args.wsi and args.test_split:
         print("r2t heatmap: error: --wsi is for one slide; use --wsi-dir with --test-split", file=sys.stderr)
@@ -55,16 +56,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        loaded = load_model(args.checkpoint)
+        model, spec = load_checkpoint(run_checkpoint(args.checkpoint))
         if args.test_split:
-            items = run_batch(loaded, args.output, args.wsi_dir, max_size=args.size)
+            split = load_test_split(args.checkpoint)
+            items = run_batch(model, spec, split, args.output, args.wsi_dir, max_size=args.size)
             failed = [i for i in items if i.error]
             for item in failed:
                 print(f"r2t heatmap: {item.slide_id}: {item.error}", file=sys.stderr)
             print(f"{len(items) - len(failed)} heatmaps and index.html in {args.output} "
                   f"({time.perf_counter() - t0:.1f} s)")
             return 1 if failed else 0
-        done = slide_heatmap(loaded, args.features, args.output, args.wsi, max_size=args.size)
+        done = slide_heatmap(model, spec, args.features, args.output, args.wsi, max_size=args.size)
     except (CheckpointError, HeatmapError, WSIError, ReaderError, BagError) as exc:
         print(f"r2t heatmap: error: {exc}", file=sys.stderr)
         return 2

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
+from ..data.wsi import SlideThumbnail, WSIError
 from .scores import HeatmapError
-from .wsi import SlideThumbnail, WSIError
 
 __all__ = ["Canvas", "Rendered", "percentile_ranks", "slide_canvas", "blank_canvas", "rasterise",
            "check_fits", "draw_heatmap", "CMAP", "OVERLAY_ALPHA"]

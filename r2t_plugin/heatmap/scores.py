@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..bag import FeatureBag
-from .model import ModelSpec
+from ..models import ModelSpec
 
 __all__ = ["SlideScores", "HeatmapError", "score_bag"]
 

@@ -5,12 +5,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from ..bag import FeatureBag
-from .model import LoadedModel, ModelSpec
+from ..data.wsi import SlideThumbnail, WSIError, read_thumbnail
+from ..models import ModelSpec
 from .render import Rendered, check_fits, draw_heatmap
 from .scores import HeatmapError, SlideScores, score_bag
-from .wsi import SlideThumbnail, WSIError, read_thumbnail
 
 __all__ = ["slide_heatmap", "draw_slide", "check_bag"]
 
@@ -34,9 +35,9 @@ def draw_slide(spec: ModelSpec, scored: SlideScores, coords: np.ndarray, patch_s
     return draw_heatmap(out, coords, patch_size, scored.scores, title, thumbnail, max_size=max_size, unit=unit)
 
 
-def slide_heatmap(loaded: LoadedModel, features: str | os.PathLike, out: str | os.PathLike,
+def slide_heatmap(model: nn.Module, spec: ModelSpec, features: str | os.PathLike, out: str | os.PathLike,
                   wsi: str | os.PathLike | None = None, *, max_size: int = 2048) -> Rendered:
-    """Score the bag of ``features`` with ``loaded`` and draw it (on ``wsi``'s thumbnail if given)."""
+    """Score the bag of ``features`` with ``model`` and draw it (on ``wsi``'s thumbnail if given)."""
     from ..data.readers import read_bag
 
     thumb = read_thumbnail(wsi, max_size) if wsi is not None else None
@@ -45,14 +46,14 @@ def slide_heatmap(loaded: LoadedModel, features: str | os.PathLike, out: str | o
     if thumb is not None and unit != "px":
         raise WSIError(f"{features}: coordinates are in {unit} and {wsi} gives no microns per pixel "
                        "to place them on the slide")
-    check_bag(bag, loaded.spec, str(features))
+    check_bag(bag, spec, str(features))
     coords = bag.coords.numpy().astype(np.float64)
     if thumb is not None:
         size = None
         if "level0_width" in bag.meta and "level0_height" in bag.meta:
             size = (bag.meta["level0_width"], bag.meta["level0_height"])
         check_fits(coords, bag.patch_size, thumb, str(features), size)
-    scored = score_bag(loaded.model, bag, loaded.spec)
+    scored = score_bag(model, bag, spec)
     slide_id = bag.slide_ids[0] if bag.slide_ids else Path(features).stem
-    return draw_slide(loaded.spec, scored, coords, bag.patch_size, slide_id, out, thumb,
+    return draw_slide(spec, scored, coords, bag.patch_size, slide_id, out, thumb,
                       max_size=max_size, unit="µm" if unit == "um" else unit)

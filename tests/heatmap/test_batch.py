@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from r2t_plugin.heatmap import CheckpointError, load_model
+from r2t_plugin.heatmap import load_test_split, run_checkpoint
+from r2t_plugin.models import CheckpointError, ModelSpec, build_model, load_checkpoint, save_checkpoint
 
 from .conftest import read_png
 
@@ -15,7 +16,7 @@ from .conftest import read_png
 def compare_run(tmp_path_factory):
     """A comparison's folder as r2t compare leaves it, with one (untrained) finished run."""
     from r2t_plugin.compare.config import parse_config
-    from r2t_plugin.compare.engine import build_model, open_cohort
+    from r2t_plugin.compare.engine import open_cohort
     from r2t_plugin.compare.grid import make_grid
     from r2t_plugin.compare.manifest import build_manifest, write_manifest
     from r2t_plugin.data import cohort_strata, load_or_make_folds
@@ -37,35 +38,37 @@ def compare_run(tmp_path_factory):
     load_or_make_folds(out / "splits", cohort.case_ids, cohort_strata(cohort), 2, 0.2, 0)
     cell = next(c for c in make_grid(config) if c.variant.name == "plain" and c.fold == 1)
     torch.manual_seed(0)
-    (out / "runs" / cell.run_id).mkdir(parents=True)
-    torch.save(build_model(cell, 8, 2).state_dict(), out / "runs" / cell.run_id / "best.pt")
+    spec = ModelSpec(cell.aggregator.name, 8, 2, options=dict(cell.aggregator.options), r2t=cell.variant.r2t,
+                     classes=tuple(cohort.classes), name=cell.run_id)
+    save_checkpoint(out / "runs" / cell.run_id / "best.pt", build_model(spec).state_dict(), spec)
     return out, cell, cohort
 
 
 def test_run_folder_rebuilds_the_model(compare_run) -> None:
     out, cell, _ = compare_run
-    loaded = load_model(out / "runs" / cell.run_id)
-    assert loaded.spec.aggregator == "abmil" and loaded.spec.r2t is None
-    assert loaded.spec.classes == ("0", "1") and loaded.spec.in_dim == 8
-    assert load_model(out / "runs" / cell.run_id / "best.pt").spec == loaded.spec
+    _, spec = load_checkpoint(run_checkpoint(out / "runs" / cell.run_id))
+    assert spec.aggregator == "abmil" and spec.r2t is None
+    assert spec.classes == ("0", "1") and spec.in_dim == 8
+    assert load_checkpoint(run_checkpoint(out / "runs" / cell.run_id / "best.pt"))[1] == spec
     with pytest.raises(CheckpointError, match="whole comparison; pass one run folder"):
-        load_model(out)
+        run_checkpoint(out)
 
 
 def test_test_split_batch(compare_run, tmp_path) -> None:
     from r2t_plugin.cli import main
 
     out, cell, cohort = compare_run
-    run = load_model(out / "runs" / cell.run_id).run
-    slides = [s for c in run.test_cases() for s in cohort.slides(c)]
-    assert len(slides) > len(run.test_cases())  # some test case has two slides
+    split = load_test_split(out / "runs" / cell.run_id)
+    assert split.cases and set(split.cases) <= set(cohort.case_ids)
+    slides = [s for c in split.cases for s in cohort.slides(c)]
+    assert len(slides) > len(split.cases)  # some test case has two slides
     dest = tmp_path / "maps"
     assert main(["heatmap", "--checkpoint", str(out / "runs" / cell.run_id), "--test-split", "-o", str(dest)]) == 0
     pngs = sorted(p.stem for p in dest.glob("*.png"))
     assert pngs == sorted(slides)
     page = (dest / "index.html").read_text()
     assert len(re.findall(r'<img src="[^"]+\.png"', page)) == len(slides)
-    for case in run.test_cases():
+    for case in split.cases:
         assert f"true: {cohort.classes[cohort.target(case)['label']]}" in page
     assert page.count("predicted ") >= len(slides)
     assert read_png(dest / f"{slides[0]}.png").shape[1] >= 720
@@ -73,9 +76,8 @@ def test_test_split_batch(compare_run, tmp_path) -> None:
 
 def test_batch_needs_a_compare_run(tmp_path, capsys) -> None:
     from r2t_plugin.cli import main
-    from r2t_plugin.heatmap import ModelSpec, build_model, save_model
 
     spec = ModelSpec("abmil", 8, 2, options={"dim": 16})
-    ckpt = save_model(tmp_path / "m.pt", build_model(spec), spec)
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(spec).state_dict(), spec)
     assert main(["heatmap", "--checkpoint", str(ckpt), "--test-split", "-o", str(tmp_path / "o")]) == 2
     assert "needs a run of r2t compare" in capsys.readouterr().err

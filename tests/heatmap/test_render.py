@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from r2t_plugin.heatmap import HeatmapError, ModelSpec, build_model, draw_heatmap, percentile_ranks, save_model
-from r2t_plugin.heatmap.model import CheckpointError, load_model
+from r2t_plugin.heatmap import HeatmapError, draw_heatmap, percentile_ranks
+from r2t_plugin.models import CheckpointError, ModelSpec, build_model, load_checkpoint, save_checkpoint
 
 from .conftest import decode, read_png
 
@@ -57,7 +57,7 @@ def test_write_is_atomic(tmp_path, monkeypatch) -> None:
 
 
 def _features(tmp_path, with_coords: bool = True, dim: int = 8):
-    from r2t_plugin.data.tiling import write_clam_h5
+    from r2t_plugin.data.readers import write_clam_h5
 
     cells = np.array([(c, r) for r in range(4) for c in range(6)])
     feats = np.random.default_rng(0).standard_normal((len(cells), dim)).astype(np.float32)
@@ -72,7 +72,7 @@ def _features(tmp_path, with_coords: bool = True, dim: int = 8):
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     spec = ModelSpec("clam_mb", 8, 2, options={"dim": 16}, classes=("benign", "malignant"), name="CLAM-MB test")
-    return save_model(tmp_path / "model.pt", build_model(spec), spec)
+    return save_checkpoint(tmp_path / "model.pt", build_model(spec).state_dict(), spec)
 
 
 def test_cli_draws_one_slide(tmp_path, checkpoint, capsys) -> None:
@@ -97,5 +97,5 @@ def test_cli_errors(tmp_path, checkpoint, capsys) -> None:
     state = tmp_path / "bare.pt"
     torch.save(build_model(ModelSpec("abmil", 8, 2)).state_dict(), state)
     with pytest.raises(CheckpointError, match="does not say which model"):
-        load_model(state)
+        load_checkpoint(state)
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()

@@ -7,7 +7,8 @@ import torch
 from r2t_plugin import FeatureBag, create_aggregator, with_r2t
 from r2t_plugin.aggregators.plugin import BUILTIN_AGGREGATORS
 from r2t_plugin.aggregators.pooling import masked_softmax
-from r2t_plugin.heatmap import HeatmapError, ModelSpec, score_bag
+from r2t_plugin.heatmap import HeatmapError, score_bag
+from r2t_plugin.models import ModelSpec
 
 D, N_OUT = 12, 3
 SMALL = {"dim": 16}

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from r2t_plugin.aggregators.base import Aggregator
-from r2t_plugin.data.readers import read_bag
-from r2t_plugin.data.tiling import RandomProjectionEncoder, extract_features, write_clam_h5
-from r2t_plugin.heatmap import LoadedModel, ModelSpec, WSIError, build_model, read_thumbnail, save_model, slide_heatmap
+from r2t_plugin.data.readers import read_bag, write_clam_h5
+from r2t_plugin.data.tiling import RandomProjectionEncoder, extract_features
+from r2t_plugin.data.wsi import WSIError, read_thumbnail
+from r2t_plugin.heatmap import slide_heatmap
 from r2t_plugin.heatmap.render import OVERLAY_ALPHA, percentile_ranks
+from r2t_plugin.models import ModelSpec, build_model, save_checkpoint
 
 from .conftest import decode, read_png
 
@@ -44,8 +46,7 @@ def test_tiling_writes_clam_h5_of_tissue_tiles(svs, cmu_h5) -> None:
 
 def test_overlay_squares_land_on_their_tiles(svs, cmu_h5, tmp_path) -> None:
     spec = ModelSpec("position", 64, 2, name="position model")
-    done = slide_heatmap(LoadedModel(PositionScore(64, 2), spec, tmp_path), cmu_h5, tmp_path / "o.png", svs,
-                         max_size=1024)
+    done = slide_heatmap(PositionScore(64, 2), spec, cmu_h5, tmp_path / "o.png", svs, max_size=1024)
     png = read_png(done.path).astype(float)
     thumb = done.canvas.background.astype(float)
     left, top, w, h = done.box
@@ -65,9 +66,8 @@ def test_features_of_another_slide_are_refused(svs, cmu_h5, tmp_path) -> None:
     moved = write_clam_h5(tmp_path / "moved.h5", bag.features.numpy(), bag.coords.numpy() * 2, PATCH)
     torch.manual_seed(0)
     spec = ModelSpec("abmil", 64, 2, options={"dim": 16})
-    loaded = LoadedModel(build_model(spec).eval(), spec, tmp_path)
     with pytest.raises(WSIError, match="do not belong to this slide"):
-        slide_heatmap(loaded, moved, tmp_path / "m.png", svs)
+        slide_heatmap(build_model(spec).eval(), spec, moved, tmp_path / "m.png", svs)
     assert not (tmp_path / "m.png").exists()
 
 
@@ -86,7 +86,7 @@ def test_cli_overlay(svs, cmu_h5, tmp_path, capsys) -> None:
     torch.manual_seed(0)
     spec = ModelSpec("abmil", 64, 2, options={"dim": 16}, r2t={"dim": 16, "heads": 2, "region_num": 2,
                                                                 "layout": "coords"}, classes=("normal", "tumour"))
-    ckpt = save_model(tmp_path / "m.pt", build_model(spec), spec)
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(spec).state_dict(), spec)
     out = tmp_path / "cmu.png"
     assert main(["heatmap", "--checkpoint", str(ckpt), "--features", str(cmu_h5), "--wsi", str(svs),
                  "-o", str(out), "--size", "768"]) == 0
