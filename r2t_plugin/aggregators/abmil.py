@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Aggregator, projection
-from .pooling import AttentionPool, GatedAttentionPool
+from ..nn import AttentionPool, GatedAttentionPool, projection
+from .base import Aggregator
 
 __all__ = ["ABMIL", "GatedABMIL"]
 

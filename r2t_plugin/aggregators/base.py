@@ -5,14 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from ..bag import BagBatch
-from ..layers import make_activation
 
-__all__ = ["Aggregator", "projection"]
-
-
-def projection(in_dim: int, dim: int, act: str = "relu", dropout: float = 0.25) -> nn.Sequential:
-    """The instance projection ``Linear → activation → Dropout`` that R²T runs after."""
-    return nn.Sequential(nn.Linear(in_dim, dim), make_activation(act), nn.Dropout(dropout))
+__all__ = ["Aggregator"]
 
 
 class Aggregator(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Aggregator
-from .pooling import masked_softmax
+from ..nn import masked_softmax
 
 __all__ = ["CLAM", "CLAMInterface"]
 

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Aggregator, projection
-from .pooling import masked_softmax
+from ..nn import masked_softmax, projection
+from .base import Aggregator
 
 __all__ = ["DSMIL"]
 

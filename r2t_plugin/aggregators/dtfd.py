@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Aggregator, projection
-from .pooling import GatedAttentionPool
+from ..nn import GatedAttentionPool, projection
+from .base import Aggregator
 
 __all__ = ["DTFD"]
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import grid_edges, knn_edges
-from .base import Aggregator, projection
-from .pooling import GatedAttentionPool
+from ..nn import GatedAttentionPool, projection
+from .base import Aggregator
 
 __all__ = ["PatchGCN"]
 

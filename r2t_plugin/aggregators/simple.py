@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Aggregator, projection
+from ..nn import projection
+from .base import Aggregator
 
 __all__ = ["MeanMIL", "MaxMIL"]
 

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Aggregator, projection
+from ..nn import projection
+from .base import Aggregator
 
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..aggregators.pooling import AttentionPool
+from ..nn import AttentionPool
 from ..bag import BagBatch
 from .stage import R2T
 

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..layers import make_activation
+from ..nn import make_activation
 from .attention import CHUNK_TOKENS, CrossRegionAttention, RegionAttention
 from .regions import Regions, coords_regions, official_regions, sequence_regions
 

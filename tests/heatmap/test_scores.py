@@ -6,7 +6,7 @@ import torch
 
 from r2t_plugin import FeatureBag, create_aggregator, with_r2t
 from r2t_plugin.aggregators.plugin import BUILTIN_AGGREGATORS
-from r2t_plugin.aggregators.pooling import masked_softmax
+from r2t_plugin.nn import masked_softmax
 from r2t_plugin.heatmap import HeatmapError, score_bag
 from r2t_plugin.models import ModelSpec
 

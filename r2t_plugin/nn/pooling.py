@@ -1,10 +1,10 @@
-"""Attention pooling shared by ABMIL-style aggregators (Ilse et al., 2018)."""
+"""Attention pooling (Ilse et al., 2018), shared by the ABMIL-style aggregators and R2TABMIL."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import make_activation
+from .activation import make_activation
 
 __all__ = ["AttentionPool", "GatedAttentionPool", "masked_softmax"]
 

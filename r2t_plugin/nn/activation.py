@@ -1,4 +1,4 @@
-"""Small building blocks shared across the package."""
+"""Activation modules by name, as the configuration files and constructors spell them."""
 from __future__ import annotations
 
 from torch import nn

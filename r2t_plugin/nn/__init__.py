@@ -1,0 +1,10 @@
+"""Building blocks shared by the R²T stage and the aggregators.
+
+Kept below both (see ``docs/architecture.md``), so that ``r2t/`` never imports
+``aggregators/`` and the other way round.
+"""
+from .activation import make_activation
+from .pooling import AttentionPool, GatedAttentionPool, masked_softmax
+from .projection import projection
+
+__all__ = ["make_activation", "projection", "AttentionPool", "GatedAttentionPool", "masked_softmax"]
