@@ -4,6 +4,6 @@
 set -euo pipefail
 out=${1:-.}
 for dtype in fp32 bf16; do
-  python -m r2t_plugin.benchmark --device cuda --dtype "$dtype" --repeats 5 --naive-max-gb 20 \
+  python -m r2t_plugin.r2t.bench --device cuda --dtype "$dtype" --repeats 5 --naive-max-gb 20 \
     --json "$out/r2t_speed_cuda_$dtype.json" | tee "$out/r2t_speed_cuda_$dtype.txt"
 done

@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-CONFIG = dict(epeg_k=15, crmsa_k=1, crmsa_heads=8, all_shortcut=True, abmil_act="tanh")
+from ..io import atomic_write_text
+
+CONFIG = dict(epeg_k=15, crmsa_k=1, crmsa_heads=8, all_shortcut=True, attn_act="tanh")
 D_IN, DIM, HEADS, ABMIL_HIDDEN = 1024, 512, 8, 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- FLOPs
 def model_flops(stage, x_shape: tuple[int, int], coords=None) -> tuple[float, float]:
     """(forward, train) model FLOPs of R²T-ABMIL on one bag, counted from its partition."""
-    from .r2t.regions import official_regions
+    from .regions import official_regions
 
     n, d_in = x_shape
     c, k = stage.dim, stage.crmsa.attn.k if stage.crmsa is not None else 0
@@ -84,7 +86,7 @@ def model_flops(stage, x_shape: tuple[int, int], coords=None) -> tuple[float, fl
 
 def naive_logit_gb(stage, n: int, coords=None) -> float:
     """GB of one copy of the straightforward path's logits (its padded R x h x P x P)."""
-    from .r2t.regions import official_regions
+    from .regions import official_regions
 
     if stage.mode == "official":
         r = official_regions(1, n, stage.region_num)
@@ -104,7 +106,7 @@ def tissue_coords(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def build(mode: str, region_size: int):
-    from .r2t import R2TABMIL
+    from .model import R2TABMIL
 
     torch.manual_seed(0)
     if mode == "official":
@@ -139,7 +141,7 @@ def _median_time(fn, repeats: int, device: torch.device) -> float:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this process: times and peaks."""
-    from .r2t.naive import NaiveR2T
+    from .naive import NaiveR2T
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -196,7 +198,7 @@ def _load() -> str:
 
 
 def _run_one(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "r2t_plugin.benchmark", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "r2t_plugin.r2t.bench", "--worker", json.dumps(spec)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -282,13 +284,12 @@ def run(args: argparse.Namespace) -> int:
           f"(runs {', '.join(f'{v:.1f}' for v in peaks)}); load {info['load_before']} -> {info['load_after']}")
     print(table(results))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(machine=info, results=results), fh, indent=1)
+        atomic_write_text(args.json, json.dumps(dict(machine=info, results=results), indent=1))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m r2t_plugin.benchmark`` (and of each worker process)."""
+    """Entry point of ``python -m r2t_plugin.r2t.bench`` (and of each worker process)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         print("RESULT " + json.dumps(worker(json.loads(argv[1]))), flush=True)
