@@ -8,7 +8,6 @@ from torch import nn
 from r2t_plugin import with_r2t
 from r2t_plugin.wrap import AdapterError, ResidualStage, find_projection
 
-torch.set_num_threads(1)
 STAGE = dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)
 
 

@@ -5,7 +5,6 @@ import io
 
 import torch
 
-torch.set_num_threads(1)
 STAGE = dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)
 
 

@@ -5,8 +5,6 @@ import pytest
 import torch
 
 D = 16
-# tiny tensors: extra threads only add contention on a shared 2-core machine
-torch.set_num_threads(1)
 
 
 def grid_coords(n: int, side: int = 6, patch: float = 256.0) -> torch.Tensor:
