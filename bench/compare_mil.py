@@ -1,9 +1,10 @@
-"""Run ``bench/compare_mil.yaml`` on Musk1, Musk2 and UCSB breast cancer, one output each.
+"""Run a compare config (``bench/compare_mil.yaml``) on Musk1, Musk2 and UCSB breast cancer.
 
     python bench/compare_mil.py                       # all three (converts the tables first)
     python bench/compare_mil.py --datasets ucsb --quiet
+    python bench/compare_mil.py --config bench/compare_mil_abmil.yaml   # settings of the old mil_cv.py
 
-Outputs: ``r2t_runs/compare_mil/{dataset}/`` (results.csv, summary.md, plots/, ...);
+Outputs: ``r2t_runs/{config name}/{dataset}/`` (results.csv, summary.md, plots/, ...);
 rerunning resumes. Prints each summary and its wall time.
 """
 from __future__ import annotations
@@ -18,8 +19,7 @@ import yaml
 from r2t_plugin.compare.config import parse_config
 from r2t_plugin.compare.runner import run_compare
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mil_cohorts import DATASETS, convert  # noqa: E402
+from mil_cohorts import DATASETS, convert  # bench/ is on sys.path when this script runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         base = yaml.safe_load(f)
     for name in args.datasets:
         folder = convert(name)
-        raw = dict(base, output=str(folder.parents[2] / "compare_mil" / name))
+        raw = dict(base, output=str(folder.parents[2] / args.config.stem / name))
         raw["cohort"] = dict(base["cohort"], csv=str(folder / "cohort.csv"), features=str(folder))
         config = parse_config(raw, args.config.parent, f"{args.config} ({name})")
         t0 = time.perf_counter()

@@ -18,8 +18,8 @@ patients' mean and std only; survival bins come from the training part's uncenso
 
 Reference lines on the same folds (computed here, not MIL): ``age`` (risk = age, nothing
 fitted), ``ridge_cox_genomic`` (linear Cox, Breslow partial likelihood + L2 penalty, on all
-z-scored genomic columns) and ``ridge_cox_bag`` (the same on the flattened bag features,
-i.e. the MIL model's own inputs). The train C-index of the selected MIL model is printed
+z-scored genomic columns; scikit-survival's ``CoxPHSurvivalAnalysis``) and
+``ridge_cox_bag`` (the same on the flattened bag features, i.e. the MIL model's own inputs). The train C-index of the selected MIL model is printed
 too, to show whether it learned anything on its own training patients.
 
 Defaults (lr 1e-3, weight decay 1e-2, no gradient accumulation, 20 epochs) were fixed
@@ -40,6 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.util import Surv
 
 from r2t_plugin.bag import FeatureBag
 from r2t_plugin.data.splits import load_or_make_folds, survival_strata
@@ -72,11 +76,15 @@ def load_patients(table: Path, signatures: Path) -> tuple[pd.DataFrame, list[lis
     return patients, [g for g in groups if g]
 
 
-def make_bags(patients: pd.DataFrame, groups: list[list[str]], chunk: int, mu: np.ndarray,
-              sd: np.ndarray) -> dict[str, FeatureBag]:
-    """Bags of chunk instances for every patient, z-scored with ``mu``/``sd``."""
-    cols = [c for g in groups for c in g]
-    z = (patients[cols].to_numpy(dtype=np.float64) - mu) / sd
+def _bags(patients: pd.DataFrame, feats: np.ndarray) -> dict[str, FeatureBag]:
+    """One bag per patient (rows of ``feats`` (patients, N, D)) with its survival target."""
+    return {row.case_id: FeatureBag(torch.from_numpy(x.copy()), case_id=row.case_id,
+                                    time=float(row.survival_months), event=1 - int(row.censorship))
+            for row, x in zip(patients.itertuples(index=False), feats)}
+
+
+def make_bags(patients: pd.DataFrame, groups: list[list[str]], chunk: int, z: np.ndarray) -> dict[str, FeatureBag]:
+    """Bags of chunk instances for every patient from the z-scored genomic columns ``z``."""
     z = np.clip(z, -10, 10).astype(np.float32)
     spans, start = [], 0
     for g in groups:
@@ -88,76 +96,56 @@ def make_bags(patients: pd.DataFrame, groups: list[list[str]], chunk: int, mu: n
     for i, (a, b) in enumerate(spans):
         feats[:, i, : b - a] = z[:, a:b]
         feats[:, i, chunk + i] = 1.0
-    bags = {}
-    for row, x in zip(patients.itertuples(index=False), feats):
-        bags[row.case_id] = FeatureBag(torch.from_numpy(x.copy()), case_id=row.case_id,
-                                       time=float(row.survival_months), event=1 - int(row.censorship))
-    return bags
+    return _bags(patients, feats)
 
 
-def make_pca_bags(patients: pd.DataFrame, groups: list[list[str]], train_ids: list[str], k: int,
-                  mu: np.ndarray, sd: np.ndarray) -> dict[str, FeatureBag]:
+def make_pca_bags(patients: pd.DataFrame, groups: list[list[str]], train: np.ndarray, k: int,
+                  z: np.ndarray) -> dict[str, FeatureBag]:
     """Bags of one instance per gene family: the family's first ``k`` principal components
-    (fitted on the training patients only, scaled to unit variance there), followed by a
-    one-hot of the family."""
-    cols = [c for g in groups for c in g]
-    z = (patients[cols].to_numpy(dtype=np.float64) - mu) / sd
-    train = patients["case_id"].isin(set(train_ids)).to_numpy()
+    (scikit-learn's PCA, fitted on the ``train`` rows only, scaled to unit variance there),
+    followed by a one-hot of the family."""
     n = len(groups)
     feats = np.zeros((len(patients), n, k + n), dtype=np.float32)
     start = 0
     for i, g in enumerate(groups):
         block = z[:, start:start + len(g)]
         start += len(g)
-        _, s, vt = np.linalg.svd(block[train], full_matrices=False)
-        comps = block @ vt[:k].T
+        pca = PCA(n_components=min(k, len(g), int(train.sum())), svd_solver="full").fit(block[train])
+        comps = pca.transform(block)
         scale = comps[train].std(0)
         scale[scale < 1e-8] = 1.0
         feats[:, i, : comps.shape[1]] = np.clip(comps / scale, -10, 10)
         feats[:, i, k + i] = 1.0
-    return {row.case_id: FeatureBag(torch.from_numpy(x.copy()), case_id=row.case_id,
-                                    time=float(row.survival_months), event=1 - int(row.censorship))
-            for row, x in zip(patients.itertuples(index=False), feats)}
-
-
-def ridge_cox(x: np.ndarray, time_: np.ndarray, event: np.ndarray, alpha: float) -> np.ndarray:
-    """Weights of a linear Cox model: mean negative Breslow partial log-likelihood per event
-    plus ``alpha / 2 * |w|^2``, minimised with L-BFGS (float64)."""
-    order = np.argsort(-time_, kind="stable")  # descending time: the risk set of i is rows 0..i
-    xs = torch.tensor(x[order], dtype=torch.float64)
-    ev = torch.tensor(event[order], dtype=torch.float64)
-    w = torch.zeros(xs.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=300, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        eta = xs @ w
-        loss = -((eta - torch.logcumsumexp(eta, 0)) * ev).sum() / ev.sum() + 0.5 * alpha * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
+    return _bags(patients, feats)
 
 
 def ridge_cox_cv(x: np.ndarray, y: pd.DataFrame, parts: dict[str, np.ndarray],
                  alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)) -> dict[str, float]:
     """Ridge Cox on ``x`` (rows = patients of ``y``): standardised on the training part,
-    penalty picked by validation C-index (ties: the larger penalty), test C-index once."""
-    mu, sd = x[parts["train"]].mean(0), x[parts["train"]].std(0)
-    sd[sd < 1e-8] = 1.0
-    z = np.clip((x - mu) / sd, -10, 10)
+    penalty picked by validation C-index (ties: the larger penalty), test C-index once.
+
+    A penalty ``alpha`` adds ``alpha / 2 * |w|^2`` to the mean negative Breslow partial
+    log-likelihood per event (scikit-survival's ``CoxPHSurvivalAnalysis`` sums over patients,
+    hence ``alpha`` times the number of events there). The ridge solution is a combination of
+    the training rows, ``w = V g`` with ``V`` their principal axes and ``|g| = |w|``, so the
+    model is fitted exactly on the training part's principal-component scores (scikit-learn's
+    ``PCA``, every component): at most one column per training patient instead of 2,181, and
+    the same risks up to a constant, which no C-index sees.
+    """
+    tr = parts["train"]
+    z = np.clip(StandardScaler().fit(x[tr]).transform(x), -10, 10)
+    scores = PCA(svd_solver="full").fit(z[tr]).transform(z)
     t, e = y["survival_months"].to_numpy(float), 1 - y["censorship"].to_numpy(int)
+    target = Surv.from_arrays(event=e[tr].astype(bool), time=t[tr])
     best = None
     for a in alphas:
-        w = ridge_cox(z[parts["train"]], t[parts["train"]], e[parts["train"]], a)
-        val = c_index(t[parts["val"]], e[parts["val"]], z[parts["val"]] @ w)
+        risk = scores @ CoxPHSurvivalAnalysis(alpha=a * e[tr].sum()).fit(scores[tr], target).coef_
+        val = c_index(t[parts["val"]], e[parts["val"]], risk[parts["val"]])
         if best is None or val >= best[0]:
-            best = (val, a, w)
-    val, a, w = best
-    return {"val_c_index": val, "alpha": a, "test_c_index": c_index(t[parts["test"]], e[parts["test"]], z[parts["test"]] @ w),
-            "train_c_index": c_index(t[parts["train"]], e[parts["train"]], z[parts["train"]] @ w)}
+            best = (val, a, risk)
+    val, a, risk = best
+    return {"val_c_index": val, "alpha": a, "test_c_index": c_index(t[parts["test"]], e[parts["test"]], risk[parts["test"]]),
+            "train_c_index": c_index(t[tr], e[tr], risk[tr])}
 
 
 def _mean_std(v) -> str:
@@ -207,11 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                                    val_fraction=args.val_fraction, seed=seed)
         for fold in folds:
             parts = {name: np.array([row_of[c] for c in getattr(fold, name)]) for name in ("train", "val", "test")}
-            train_x = genomic[parts["train"]]
-            mu, sd = train_x.mean(0), train_x.std(0)
-            sd[sd < 1e-8] = 1.0
-            bags = (make_bags(patients, groups, args.chunk, mu, sd) if args.instances == "chunk" else
-                    make_pca_bags(patients, groups, list(fold.train), args.chunk, mu, sd))
+            z = StandardScaler().fit(genomic[parts["train"]]).transform(genomic)
+            in_train = np.isin(np.arange(len(ids)), parts["train"])
+            bags = (make_bags(patients, groups, args.chunk, z) if args.instances == "chunk" else
+                    make_pca_bags(patients, groups, in_train, args.chunk, z))
             train, val, test = ([bags[c] for c in part] for part in (fold.train, fold.val, fold.test))
             if not args.no_references:
                 te = parts["test"]
