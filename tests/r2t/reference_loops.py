@@ -1,9 +1,10 @@
-"""A slow, obviously-correct R²T written straight from R2T_SPEC.md §1-§4.
+"""A slow, obviously-correct R²T written straight from the paper (Tang et al., CVPR 2024).
 
 Explicit loops over regions, heads, query rows and EPEG taps; the EPEG convolution is
-applied to the logit map (not through the §8 identity the package uses). Works on ONE bag
-(N, D) and reads parameters from the reference's state-dict keys (§6), so it also checks
-the key mapping of the import. Float64 throughout, for a clean comparison.
+applied to the logit map (not through the identity the package's fast path uses). Works
+on ONE bag (N, D) and reads parameters from the authors' state-dict keys, so it also
+checks the key mapping of the import. Float64 throughout, for a clean comparison.
+Imported by the tests next to it as ``from . import reference_loops``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 
 def regions_of(n: int, region_num: int) -> tuple[int, int, list[list[int]]]:
-    """§2: grid side H, region side M, and for each region the file positions of its slots
+    """The reference's file-order grid: grid side H, region side M, and for each region the file positions of its slots
     (row-major inside the region; a position >= n is a zero pad)."""
     h0 = math.ceil(math.sqrt(n))
     h = math.ceil(h0 / region_num) * region_num
