@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from r2t_plugin.aggregators.base import Aggregator
+from r2t_plugin.nn import Aggregator
 from r2t_plugin.geometry import grid_edges
 from r2t_plugin.hookspecs import Registrar, StageFactory, hookimpl
 from r2t_plugin.wrap import build_tensor_wrapper, forward_parameters
@@ -49,6 +49,12 @@ class TorchmilAggregator(Aggregator):
     ``logits``: (B, 1), or (B, 2) = ``[0, y]`` (softmax gives sigmoid(y)) when ``n_out=2``.
     ``instance_scores``: torchmil's own per-instance scores (attention before normalisation,
     or the instance CAM for DTFD-MIL), 0 at padded positions.
+
+    Args:
+        name: the torchmil model, one of :data:`MODELS`.
+        in_dim: width D of the instance features (B, N, D).
+        n_out: 1 or 2 (torchmil's models are binary).
+        **options: passed to the torchmil model (its own names, e.g. ``att_dim``).
     """
 
     def __init__(self, name: str, in_dim: int, n_out: int, **options: Any) -> None:

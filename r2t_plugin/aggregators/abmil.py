@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..nn import AttentionPool, GatedAttentionPool, projection
-from .base import Aggregator
+from ..nn import Aggregator, AttentionPool, GatedAttentionPool, projection
 
 __all__ = ["ABMIL", "GatedABMIL"]
 
@@ -13,6 +12,15 @@ class ABMIL(Aggregator):
     """Projection → attention pooling (``attn_act``, tanh in Ilse et al.) → linear head.
 
     Output adds ``"embedding"`` (B, dim). ``instance_scores``: attention weights (B, N).
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of outputs; ``logits`` (B, n_out).
+        dim: width of the instance projection (and of ``embedding``).
+        hidden: width of the attention network.
+        act: activation of the projection.
+        attn_act: activation of the attention network.
+        dropout: dropout after the projection.
     """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, hidden: int = 128,
@@ -29,7 +37,14 @@ class ABMIL(Aggregator):
 
 
 class GatedABMIL(Aggregator):
-    """Projection → gated attention pooling → linear head (Ilse et al.'s gated variant)."""
+    """Projection → gated attention pooling → linear head (Ilse et al.'s gated variant).
+
+    Outputs as :class:`ABMIL`.
+
+    Args:
+        in_dim, n_out, dim, act, dropout: as :class:`ABMIL`.
+        hidden: width of the gated attention network (tanh ⊙ sigmoid; no ``attn_act``).
+    """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, hidden: int = 128,
                  act: str = "relu", dropout: float = 0.25) -> None:

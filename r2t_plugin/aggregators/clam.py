@@ -1,9 +1,8 @@
 """CLAM-SB and CLAM-MB (Lu et al., Nature BME 2021), with the instance-clustering loss.
 
-:class:`CLAM` follows the aggregator contract; :class:`CLAMInterface` is the same model
-(same parameters and state_dict) called the way CLAM's own code calls its models:
-``forward(h, label=None, instance_eval=False, return_features=False, attention_only=False)
--> (logits, Y_prob, Y_hat, A_raw, results_dict)``.
+:class:`CLAM` follows the aggregator contract; models called the way CLAM's own code calls
+them (``forward(h, label=None, instance_eval=False, ...)``) are wrapped by the ``r2t_clam``
+adapter instead.
 
 Instance clustering (needs the bag label): for the true class, the ``k_sample`` instances
 with the highest attention (of that class's branch) are positives and the ``k_sample``
@@ -18,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Aggregator
-from ..nn import masked_softmax
+from ..nn import Aggregator, masked_softmax
 
-__all__ = ["CLAM", "CLAMInterface"]
+__all__ = ["CLAM"]
 
 
 class _GatedScores(nn.Module):
@@ -41,7 +39,19 @@ class CLAM(Aggregator):
     """CLAM: projection + gated attention; single branch (SB) or one branch per class (MB).
 
     Output: ``logits`` (B, n_out), ``instance_scores`` (B, N) for SB or (B, n_out, N) for
-    MB, ``embedding``; with ``label``: ``instance_loss`` and ``aux_loss``.
+    MB, ``attention_raw`` (B, branches, N) before the softmax, ``embedding``; with
+    ``label`` (B,): ``instance_loss`` and ``aux_loss``.
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of classes; ``logits`` (B, n_out).
+        dim: width of the instance projection (``attention_net[0]``).
+        hidden: width of the gated attention network.
+        multi_branch: one attention branch and bag classifier per class (CLAM-MB).
+        dropout: dropout after the projection and inside the attention network.
+        k_sample: instances taken as positives / negatives for the instance loss.
+        subtyping: the other classes' top instances are negatives for their classifiers.
+        aux_weight: weight of the instance loss in ``aux_loss``.
     """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, hidden: int = 256,
@@ -58,8 +68,7 @@ class CLAM(Aggregator):
             self.classifiers = nn.Linear(dim, n_out)
         self.instance_classifiers = nn.ModuleList(nn.Linear(dim, 2) for _ in range(n_out))
 
-    def run(self, x: Tensor, mask: Tensor, label: Tensor | None) -> dict[str, Tensor]:
-        """The model on (B, N, D) with a (B, N) mask; ``label`` (B,) or None."""
+    def aggregate(self, x: Tensor, mask: Tensor, *, label: Tensor | None = None, **_) -> dict[str, Tensor]:
         a_raw, h = self.attention_net(x)
         a_raw = a_raw.transpose(1, 2)  # (B, K, N)
         weights = masked_softmax(a_raw, mask.unsqueeze(1))
@@ -89,34 +98,11 @@ class CLAM(Aggregator):
                 if c == label:
                     bottom = torch.topk(-a, k).indices
                     feats = torch.cat([h[top], h[bottom]])
-                    target = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(h.device)
+                    target = torch.cat([torch.ones(k, dtype=torch.long, device=h.device),
+                                        torch.zeros(k, dtype=torch.long, device=h.device)])
                 elif self.subtyping:
                     feats, target = h[top], torch.zeros(k, dtype=torch.long, device=h.device)
                 else:
                     continue
                 losses.append(F.cross_entropy(clf(feats), target))
         return torch.stack(losses).mean() if losses else h.sum() * 0.0
-
-    def aggregate(self, x: Tensor, mask: Tensor, *, label: Tensor | None = None, **_) -> dict[str, Tensor]:
-        return self.run(x, mask, label)
-
-
-class CLAMInterface(CLAM):
-    """:class:`CLAM` with CLAM's own calling convention (one bag ``h`` (N, D))."""
-
-    def forward(self, h: Tensor, label: Tensor | int | None = None, instance_eval: bool = False,
-                return_features: bool = False, attention_only: bool = False):  # noqa: D102
-        x = h.unsqueeze(0) if h.dim() == 2 else h
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        lab = None if label is None or not instance_eval else torch.as_tensor(label).reshape(-1)
-        out = self.run(x, mask, lab)
-        a_raw = out["attention_raw"][0]
-        if attention_only:
-            return a_raw
-        logits = out["logits"]
-        results = {}
-        if lab is not None:
-            results["instance_loss"] = out["instance_loss"]
-        if return_features:
-            results["features"] = out["embedding"]
-        return logits, F.softmax(logits, dim=1), logits.argmax(dim=1, keepdim=True), a_raw, results

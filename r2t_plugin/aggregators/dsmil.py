@@ -6,8 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..nn import masked_softmax, projection
-from .base import Aggregator
+from ..nn import Aggregator, masked_softmax, projection
 
 __all__ = ["DSMIL"]
 
@@ -20,6 +19,15 @@ class DSMIL(Aggregator):
     space, bag embedding per class, a per-class 1-D convolution to the bag score.
     ``logits`` = mean of the two streams (also returned as ``"bag_logits"`` and
     ``"max_instance_logits"``); ``instance_scores``: attention per class (B, n_out, N).
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of outputs; ``logits`` (B, n_out).
+        dim: width of the instance projection.
+        hidden: width of the query network.
+        act: activation of the projection.
+        dropout: dropout after the projection.
+        value_dropout: dropout ahead of the value network.
     """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, hidden: int = 128,

@@ -13,14 +13,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import GatedAttentionPool, projection
-from .base import Aggregator
+from ..nn import Aggregator, GatedAttentionPool, projection
 
 __all__ = ["DTFD"]
 
 
 class DTFD(Aggregator):
-    """Two-tier MIL with pseudo-bags; outputs add ``pseudo_logits`` (list of (G, n_out))."""
+    """Two-tier MIL with pseudo-bags; outputs add ``pseudo_logits`` (list of (G, n_out)).
+
+    ``instance_scores`` (B, N); with ``label`` (B,): ``aux_loss`` (the pseudo-bag loss).
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of outputs; ``logits`` (B, n_out).
+        dim: width of the instance projection.
+        hidden: width of both gated attention networks.
+        n_groups: pseudo-bags G per bag (fewer for bags of fewer instances).
+        act: activation of the projection.
+        dropout: dropout after the projection.
+    """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, hidden: int = 128,
                  n_groups: int = 4, act: str = "relu", dropout: float = 0.25) -> None:

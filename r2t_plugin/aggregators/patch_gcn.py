@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import grid_edges, knn_edges
-from ..nn import GatedAttentionPool, projection
-from .base import Aggregator
+from ..nn import Aggregator, GatedAttentionPool, projection
 
 __all__ = ["PatchGCN"]
 
@@ -24,7 +23,17 @@ class PatchGCN(Aggregator):
     """Projection → ``n_layers`` residual GENConv layers → concat → MLP → gated attention.
 
     Needs ``coords`` (B, N, 2); ``patch_size`` (B,) is inferred when absent.
-    ``instance_scores``: attention weights (B, N).
+    ``instance_scores``: attention weights (B, N); output adds ``embedding`` (B, dim).
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of outputs; ``logits`` (B, n_out).
+        dim: width of the projection, the graph layers and the attention network.
+        n_layers: residual GENConv layers.
+        graph: ``"grid"`` (8-neighbour patch grid) or ``"knn"``.
+        k: neighbours per patch for ``graph="knn"``.
+        act: activation of the projection.
+        dropout: dropout after the projection and the MLP.
     """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 128, n_layers: int = 3,

@@ -5,11 +5,9 @@ the number of hazard-logit bins for survival (the same head).
 """
 from __future__ import annotations
 
-from typing import Any
-
-from ..hookspecs import hookimpl
 from functools import partial
 
+from ..hookspecs import Registrar, hookimpl
 from .abmil import ABMIL, GatedABMIL
 from .clam import CLAM
 from .dsmil import DSMIL
@@ -33,6 +31,7 @@ BUILTIN_AGGREGATORS = {
 
 
 @hookimpl
-def r2t_register_aggregators(registry: Any) -> None:
+def r2t_register_aggregators(registry: Registrar) -> None:
+    """Every aggregator of :data:`BUILTIN_AGGREGATORS` under its name."""
     for name, cls in BUILTIN_AGGREGATORS.items():
         registry.add(name, cls)

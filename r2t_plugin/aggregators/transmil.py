@@ -12,8 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..nn import projection
-from .base import Aggregator
+from ..nn import Aggregator, projection
 
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 
@@ -95,6 +94,15 @@ class TransMIL(Aggregator):
 
     ``instance_scores``: the class token's attention over the instances in the last layer
     (B, N), copies made by the squaring summed back onto their instance.
+
+    Args:
+        in_dim: width D of the instance features (B, N, D).
+        n_out: number of outputs; ``logits`` (B, n_out).
+        dim: width of the projection and the transformer (divisible by ``heads``).
+        heads: attention heads.
+        landmarks: Nyström landmarks (default ``dim // 2``).
+        act: activation of the projection.
+        dropout: dropout after the projection.
     """
 
     def __init__(self, in_dim: int, n_out: int, dim: int = 512, heads: int = 8,

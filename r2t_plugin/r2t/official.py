@@ -4,8 +4,8 @@ The README's section "Loading checkpoints trained with the authors' code" shows 
 
 The reference stores no hyperparameters. Shapes tell the input width, width, heads (from
 the EPEG kernel), K, epeg_k, number of layers, number of classes and whether Φ is an MLP;
-``crmsa_heads``, ``all_shortcut`` and ``abmil_act`` must come from the caller or a preset,
-because a wrong guess changes outputs silently.
+``crmsa_heads``, ``all_shortcut`` and ``attn_act`` (the ABMIL attention's activation) must
+come from the caller or a preset, because a wrong guess changes outputs silently.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "survival": dict(crmsa_heads=8, all_shortcut=False, crmsa_mlp=False, in_dim=1024),
 }
 for _p in PRESETS.values():
-    _p.update(n_layers=2, abmil_act="tanh")
+    _p.update(n_layers=2, attn_act="tanh")
 
 _ENC = "online_encoder."
 # this package's key -> the reference's key, for what is not a plain rename of the stage
@@ -128,9 +128,9 @@ def _infer(sd: dict[str, Tensor], where: str) -> dict[str, Any]:
             if key not in sd:
                 raise CheckpointError(f"{where}: missing key {key!r}: not an R²T-ABMIL checkpoint")
         info["in_dim"] = sd["patch_to_emb.0.weight"].shape[1]
-        info["n_classes"] = sd["predictor.weight"].shape[0]
+        info["n_out"] = sd["predictor.weight"].shape[0]
         if "pool_fn.attention.attention.0.weight" in sd:
-            info["abmil_hidden"] = sd["pool_fn.attention.attention.0.weight"].shape[0]
+            info["hidden"] = sd["pool_fn.attention.attention.0.weight"].shape[0]
     return info
 
 
@@ -140,7 +140,7 @@ def load_official_checkpoint(
     preset: str | None = None,
     crmsa_heads: int | None = None,
     all_shortcut: bool | None = None,
-    abmil_act: str | None = None,
+    attn_act: str | None = None,
     act: str = "relu",
     region_num: int = 8,
     heads: int | None = None,
@@ -154,7 +154,7 @@ def load_official_checkpoint(
     """
     sd, where = _read(source)
     info = _infer(sd, where)
-    given = dict(crmsa_heads=crmsa_heads, all_shortcut=all_shortcut, abmil_act=abmil_act)
+    given = dict(crmsa_heads=crmsa_heads, all_shortcut=all_shortcut, attn_act=attn_act)
     if preset is not None:
         if preset not in PRESETS:
             raise CheckpointError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
@@ -170,7 +170,7 @@ def load_official_checkpoint(
                 )
     needed = ["crmsa_heads", "all_shortcut"] if info["crmsa"] else ["all_shortcut"]
     if not info["encoder_only"]:
-        needed.append("abmil_act")
+        needed.append("attn_act")
     missing = [k for k in needed if given[k] is None]
     if missing:
         raise CheckpointError(
@@ -191,9 +191,8 @@ def load_official_checkpoint(
     if info["encoder_only"]:
         model: R2TABMIL | R2T = R2T.official(None, info["dim"], **stage_opts)
     else:
-        model = R2TABMIL.official(info["in_dim"], info["n_classes"], info["dim"],
-                                  abmil_act=given["abmil_act"],
-                                  abmil_hidden=info.get("abmil_hidden", 128), **stage_opts)
+        model = R2TABMIL.official(info["in_dim"], info["n_out"], info["dim"], attn_act=given["attn_act"],
+                                  hidden=info.get("hidden", 128), **stage_opts)
     names = {official_key(k, info["encoder_only"]): k for k in model.state_dict()}
     unknown = [k for k in sd if k not in names]
     if unknown:

@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..hookspecs import hookimpl
+from ..hookspecs import Registrar, hookimpl
 from .model import R2TABMIL
 from .stage import R2T
 
@@ -46,11 +46,13 @@ def r2t_stage(in_dim: int | None, out_dim: int | None = None, *, dim: int | None
 
 
 @hookimpl
-def r2t_register_stages(registry: Any) -> None:
+def r2t_register_stages(registry: Registrar) -> None:
+    """``"r2t"`` and ``"identity"``."""
     registry.add("r2t", r2t_stage)
     registry.add("identity", identity_stage)
 
 
 @hookimpl
-def r2t_register_aggregators(registry: Any) -> None:
-    registry.add("r2t_abmil", lambda in_dim, n_out, **options: R2TABMIL(in_dim, n_out, **options))
+def r2t_register_aggregators(registry: Registrar) -> None:
+    """``"r2t_abmil"``: the paper's R²T-MIL."""
+    registry.add("r2t_abmil", R2TABMIL)

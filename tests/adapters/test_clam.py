@@ -7,8 +7,9 @@ from torch import nn
 
 from r2t_clam import ClamWrapper, is_clam_like
 from r2t_plugin import with_r2t
-from r2t_plugin.aggregators import CLAM, CLAMInterface
+from r2t_plugin.aggregators import CLAM
 
+from .clam_interface import CLAMInterface
 from .conftest import STAGE, grads_reach, roundtrip
 
 D = 12

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from r2t_plugin.aggregators.base import Aggregator
+from r2t_plugin.nn import Aggregator
 from r2t_plugin.data.readers import read_bag, write_clam_h5
 from r2t_plugin.data.tiling import RandomProjectionEncoder, extract_features
 from r2t_plugin.data.wsi import WSIError, read_thumbnail

@@ -43,7 +43,7 @@ def test_reference_checkpoint_file_loads_and_computes_the_reference(tmp_path, pr
     sd = reference_state_dict(k=3, epeg_k=5)
     path = tmp_path / "best.pth"
     torch.save({"model": {prefix + k: v for k, v in sd.items()}}, path)
-    model = load_official_checkpoint(path, crmsa_heads=2, all_shortcut=True, abmil_act="tanh")
+    model = load_official_checkpoint(path, crmsa_heads=2, all_shortcut=True, attn_act="tanh")
     assert isinstance(model, R2TABMIL) and model.stage.mode == "official" and not model.training
     x = torch.randn(300, 12)
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_reference_checkpoint_file_loads_and_computes_the_reference(tmp_path, pr
 @pytest.mark.parametrize("kw", [dict(), dict(mlp=True, k=5), dict(rmsa_layers=2, epeg_k=9)])
 def test_round_trip_is_bit_exact(kw):
     sd = reference_state_dict(**kw)
-    model = load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, abmil_act="relu")
+    model = load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, attn_act="relu")
     back = to_official_state_dict(model)
     assert set(back) == set(sd)
     for k, v in sd.items():
@@ -73,11 +73,11 @@ def stage_config(stage: R2T) -> dict:
 
 def test_shapes_are_inferred():
     model = load_official_checkpoint(reference_state_dict(mlp=True, k=5, epeg_k=9, rmsa_layers=2, n_classes=4),
-                                     crmsa_heads=2, all_shortcut=False, abmil_act="tanh")
+                                     crmsa_heads=2, all_shortcut=False, attn_act="tanh")
     o = stage_config(model.stage)
     assert (o["in_dim"], o["dim"], o["heads"], o["epeg_k"], o["crmsa_k"], o["crmsa_mlp"], o["n_layers"]) == \
         (12, 16, 2, 9, 5, True, 3)
-    assert model.n_classes == 4
+    assert model.n_out == 4
 
 
 def test_preset_fills_hyperparameters():
@@ -92,7 +92,7 @@ def test_preset_fills_hyperparameters():
 
 
 def test_missing_hyperparameters_are_named_with_the_presets():
-    with pytest.raises(CheckpointError, match=r"crmsa_heads, all_shortcut, abmil_act.*C16-R50.*NSCLC-PLIP"):
+    with pytest.raises(CheckpointError, match=r"crmsa_heads, all_shortcut, attn_act.*C16-R50.*NSCLC-PLIP"):
         load_official_checkpoint(reference_state_dict())
 
 
@@ -100,15 +100,15 @@ def test_wrong_and_missing_keys_are_reported_by_name():
     sd = reference_state_dict()
     sd["online_encoder.layers.0.attn.attn.rel_pos"] = torch.zeros(3)
     with pytest.raises(CheckpointError, match="unexpected key.*online_encoder.layers.0.attn.attn.rel_pos"):
-        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, abmil_act="tanh")
+        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, attn_act="tanh")
     sd = reference_state_dict()
     del sd["online_encoder.cr_msa.attn.attn.proj.bias"]
     with pytest.raises(CheckpointError, match="missing key.*online_encoder.cr_msa.attn.attn.proj.bias"):
-        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, abmil_act="tanh")
+        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, attn_act="tanh")
     sd = reference_state_dict()
     sd["online_encoder.layers.0.attn.attn.proj.bias"] = torch.zeros(7)
     with pytest.raises(CheckpointError, match="proj.bias has shape"):
-        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, abmil_act="tanh")
+        load_official_checkpoint(sd, crmsa_heads=2, all_shortcut=False, attn_act="tanh")
 
 
 def test_resume_file_is_refused_with_advice(tmp_path):
@@ -131,4 +131,4 @@ def test_encoder_only_checkpoint_gives_a_bare_stage():
 
 def test_presets_cover_the_published_table():
     assert set(PRESETS) == {"C16-R50", "C16-PLIP", "BRCA-R50", "BRCA-PLIP", "NSCLC-R50", "NSCLC-PLIP", "survival"}
-    assert all(p["abmil_act"] == "tanh" and p["n_layers"] == 2 for p in PRESETS.values())
+    assert all(p["attn_act"] == "tanh" and p["n_layers"] == 2 for p in PRESETS.values())

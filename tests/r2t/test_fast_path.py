@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import r2t_plugin.r2t.attention as attention
 import r2t_plugin.r2t.stage as stage_module
-from r2t_plugin import R2T
+from r2t_plugin import R2T, R2TABMIL
 from r2t_plugin.r2t.naive import NaiveR2T
 
 SMALL = dict(heads=2, crmsa_heads=2, epeg_k=5, crmsa_k=3)
@@ -229,6 +229,23 @@ def test_host_transfers_only_in_the_partition(kw, mask, allowed, monkeypatch):
     scalar_reads = [op for op in rec.ops if "_local_scalar_dense" in op or "aten.item" in op]
     assert scalar_reads == []
     assert len(transfers) <= allowed
+
+
+@pytest.mark.parametrize("mask,allowed", [(False, 0), (True, 2)])
+def test_r2t_abmil_host_transfers(mask, allowed, monkeypatch):
+    """R2TABMIL (through the aggregator base) adds no host transfer to the stage's when the
+    caller gives no mask, and one check of the mask when it does."""
+    monkeypatch.setattr(stage_module, "_require", lambda cond, message, confirm=None: None)
+    model = R2TABMIL(12, 2, 16, **SMALL).train()
+    x, m, _ = batch([70, 50] if mask else [70, 70], "sequence")
+    if not mask:
+        x, m = x[:, :70], None
+    transfers = []
+    real_tolist, real_bool = torch.Tensor.tolist, torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: transfers.append(1) or real_tolist(self))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: transfers.append(1) or real_bool(self))
+    model(x, mask=m)["logits"].sum().backward()
+    assert len(transfers) == allowed
 
 
 def test_module_backward_hooks_still_work():

@@ -15,11 +15,11 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
 
 
 def check(n, *, dim=16, in_dim=12, heads=2, crmsa_heads=2, epeg_k=5, crmsa_k=3, crmsa_mlp=False,
-          all_shortcut=False, n_layers=2, region_num=8, abmil_act="tanh", seed=0):
+          all_shortcut=False, n_layers=2, region_num=8, attn_act="tanh", seed=0):
     torch.manual_seed(seed)
     model = R2TABMIL.official(in_dim, 3, dim, heads=heads, crmsa_heads=crmsa_heads, epeg_k=epeg_k,
                               crmsa_k=crmsa_k, crmsa_mlp=crmsa_mlp, all_shortcut=all_shortcut,
-                              n_layers=n_layers, region_num=region_num, abmil_act=abmil_act).eval()
+                              n_layers=n_layers, region_num=region_num, attn_act=attn_act).eval()
     randomise(model, seed)
     x = torch.randn(n, in_dim)
     with torch.no_grad():
@@ -27,7 +27,7 @@ def check(n, *, dim=16, in_dim=12, heads=2, crmsa_heads=2, epeg_k=5, crmsa_k=3, 
         logits = model(x)["logits"][0]
     want_emb, want_logits = ref.r2t_abmil(
         to_official_state_dict(model), x, heads=heads, crmsa_heads=crmsa_heads, region_num=region_num,
-        all_shortcut=all_shortcut, crmsa_mlp=crmsa_mlp, epeg=True, abmil_act=abmil_act)
+        all_shortcut=all_shortcut, crmsa_mlp=crmsa_mlp, epeg=True, abmil_act=attn_act)
     torch.testing.assert_close(emb, want_emb.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, want_logits.float(), rtol=1e-5, atol=1e-5)
     return emb
@@ -44,7 +44,7 @@ def test_sizes(n):
     dict(crmsa_k=5, crmsa_mlp=True),
     dict(all_shortcut=True, heads=1, crmsa_heads=1),
     dict(heads=8, crmsa_heads=8, dim=32),
-    dict(n_layers=3, abmil_act="relu"),
+    dict(n_layers=3, attn_act="relu"),
     dict(region_num=4, epeg_k=9),
 ])
 def test_options(opts):
