@@ -28,7 +28,7 @@ from .hookspecs import StageFactory, hookimpl
 __all__ = [
     "with_r2t", "R2TWrapper", "TensorModelWrapper", "ResidualStage", "AdapterError",
     "find_projection", "input_width", "forward_parameters", "takes_label", "resolve_placement",
-    "PLACEMENTS",
+    "build_tensor_wrapper", "PLACEMENTS",
 ]
 
 PLACEMENTS = ("after_projection", "input")
