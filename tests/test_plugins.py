@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from r2t_plugin import cli, plugins
+from r2t_plugin.hookspecs import hookimpl
 from r2t_plugin.plugins import PluginConflictError, R2TPluginManager, Registry
 
 PLUGIN_SRC = '''
@@ -152,6 +153,22 @@ def test_autoload_disabled_skips_third_party(plugin_dir, monkeypatch):
     assert "fake_agg" not in pm.registries["aggregators"].names()
     assert not pm.failed and not pm.conflicts
     monkeypatch.setattr(plugins, "_MANAGER", None)
+
+
+def test_registration_hook_that_raises_is_recorded_and_unregistered():
+    class Bad:
+        @hookimpl
+        def r2t_register_stages(self, registry):
+            registry.add("half_done", lambda **kw: None)
+            raise ValueError("bad option table")
+
+    pm = _manager(third_party=False)
+    bad = Bad()
+    assert pm.load_plugin("bad", bad, "bad 0.1") is False
+    assert not pm.is_registered(bad) and "bad" not in pm.providers
+    assert any(f.name == "bad" and f.provider == "bad 0.1" and "ValueError: bad option table" in f.error
+               for f in pm.failed)
+    assert "r2t" in pm.registries["stages"].names()
 
 
 def test_missing_builtin_module_is_recorded(monkeypatch):
