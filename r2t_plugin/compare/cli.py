@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .config import ConfigError, load_config, parse_config
-    from .engine import get_engine
+    from .engines import get_engine
     from .manifest import ManifestMismatch
-    from .runner import run_compare, with_output
+    from .runner import run_compare
 
     if bool(args.demo) == bool(args.config):
         print("r2t compare: give a CONFIG.yaml or --demo (not both)", file=sys.stderr)
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             config = load_config(args.config)
             if args.output:
-                config = with_output(config, Path(args.output).resolve())
+                config = replace(config, output=Path(args.output).resolve())
             title = f"r2t compare {args.config}"
         if args.engine or args.address:
             config = replace(config, engine=args.engine or config.engine, address=args.address or config.address)

@@ -12,21 +12,22 @@ import contextlib
 import csv
 import io
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import CompareConfig, ConfigError
-from .engine import Engine, Plan, build_model, get_engine, make_task, open_cohort
 from ..io import TEMP_GLOB, atomic_write_text
+from .config import CompareConfig, ConfigError
+from .cell import Plan, make_task, model_spec, open_cohort
+from .engines import Engine, get_engine
 from .grid import Cell, make_grid
 from .manifest import ManifestMismatch, build_manifest, check_resumable, hash_data, write_manifest
 from .plots import plot_all
 from .report import format_summary
-from .results import ResultsTable, parse_value
+from .results import ResultsTable, read_rows, with_status
 
 __all__ = ["CompareOutcome", "run_compare", "read_predictions"]
 
@@ -43,7 +44,7 @@ class CompareOutcome:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r.get("status") == "failed"]
+        return with_status(self.rows, "failed")
 
 
 def _predictions_csv(rows: list[dict[str, Any]]) -> str:
@@ -59,16 +60,14 @@ def _predictions_csv(rows: list[dict[str, Any]]) -> str:
 def read_predictions(run_dir: Path) -> list[dict[str, Any]]:
     """The per-case predictions a finished run left in ``run_dir``."""
     path = run_dir / "predictions.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: parse_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return read_rows(path) if path.is_file() else []
 
 
 def _check_models(config: CompareConfig, cohort, case_id: str, in_dim: int, n_out: int) -> None:
     """Build every aggregator x variant once and run it on part of a real bag (eval mode),
     so that bad options fail now, with the config path, not in every run."""
     from ..bag import BagBatch, FeatureBag
+    from ..models import build_model
 
     bag = cohort.load_case(case_id)
     n = min(bag.n, 64)
@@ -84,7 +83,7 @@ def _check_models(config: CompareConfig, cohort, case_id: str, in_dim: int, n_ou
                 continue
             try:
                 torch.manual_seed(0)
-                model = build_model(Cell(agg, var, 0, 0), in_dim, n_out).eval()
+                model = build_model(model_spec(Cell(agg, var, 0, 0), in_dim, n_out, cohort)).eval()
                 with torch.no_grad():
                     model(batch)
             except Exception as exc:  # noqa: BLE001 - reported with the config path
@@ -174,11 +173,7 @@ def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, t
     summary = format_summary(rows, config, title=title, monitor=getattr(task, "monitor", None),
                              n_cases=len(case_ids))
     atomic_write_text(out / "summary.md", summary)
-    predictions = {r["run_id"]: read_predictions(out / "runs" / r["run_id"]) for r in rows if r.get("status") == "ok"}
+    predictions = {r["run_id"]: read_predictions(out / "runs" / r["run_id"]) for r in with_status(rows)}
     plots = plot_all(rows, config, predictions, out / "plots")
     return CompareOutcome(out, rows, summary, plots, time.perf_counter() - t0)
 
-
-def with_output(config: CompareConfig, output: Path) -> CompareConfig:
-    """``config`` writing to another folder."""
-    return replace(config, output=Path(output))

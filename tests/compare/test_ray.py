@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from r2t_plugin.compare.config import ConfigError, parse_config
-from r2t_plugin.compare.engine import get_engine
+from r2t_plugin.compare.engines import get_engine
 from r2t_plugin.compare.runner import run_compare
 from r2t_plugin.plugins import registry
 

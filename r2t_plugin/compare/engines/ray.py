@@ -1,9 +1,9 @@
 """The Ray engine of ``r2t compare``: every cell of the grid is one Ray task.
 
 Each task runs the same pure worker function as the local engine
-(:func:`~r2t_plugin.compare.engine.run_cell`) and asks Ray for ``cpus_per_run`` CPUs and
+(:func:`~r2t_plugin.compare.cell.run_cell`) and asks Ray for ``cpus_per_run`` CPUs and
 ``gpus_per_run`` GPUs (fractions allowed, so small MIL runs can share a GPU). The
-:class:`~r2t_plugin.compare.engine.Plan` sent to the workers holds the config and the fold
+:class:`~r2t_plugin.compare.cell.Plan` sent to the workers holds the config and the fold
 case ids only: each worker opens the cohort from the config's paths (shared storage) and
 trains into ``runs/{run_id}/`` there. Outcomes come back to the driver, which alone writes
 ``results.csv`` and the other shared files (see :mod:`r2t_plugin.compare.runner`), so
@@ -19,9 +19,9 @@ import traceback
 from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
-from .config import ConfigError
-from .engine import CellOutcome, Plan, run_cell
-from .grid import Cell
+from ..cell import CellOutcome, Plan, run_cell
+from ..config import ConfigError
+from ..grid import Cell
 
 __all__ = ["RayEngine", "require_ray", "INSTALL_HINT"]
 
