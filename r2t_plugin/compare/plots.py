@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import CompareConfig
 from ..io import atomic_write_bytes
+from .config import CompareConfig
 from .report import mean_std
-from .results import metric_columns
+from .results import metric_columns, with_status
 
 __all__ = ["plot_all", "plot_metrics", "plot_roc", "plot_km"]
 
@@ -41,13 +41,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("status") == "ok"]
-
-
 def plot_metrics(rows: list[dict[str, Any]], config: CompareConfig, path: Path) -> Path | None:
     """Bar chart (mean ± std) of every test metric, with each run as a dot."""
-    ok = _ok(rows)
+    ok = with_status(rows)
     metrics = [m for m in metric_columns({k for r in ok for k in r}) if not m.endswith("_loss")]
     if not metrics:
         return None
@@ -104,7 +100,7 @@ def plot_roc(rows: list[dict[str, Any]], config: CompareConfig, predictions: dic
     for ax, agg in zip(axes.flat, aggs):
         for j, var in enumerate(config.variants):
             curves, aucs = [], []
-            for r in _ok(rows):
+            for r in with_status(rows):
                 if r["aggregator"] != agg.id or r["variant"] != var.name:
                     continue
                 test = [p for p in predictions.get(r["run_id"], []) if p["part"] == "test"]
@@ -161,7 +157,7 @@ def plot_km(rows: list[dict[str, Any]], config: CompareConfig, predictions: dict
         for j, var in enumerate(variants):
             ax = axes[i][j]
             time, event, high = [], [], []
-            for r in _ok(rows):
+            for r in with_status(rows):
                 if r["aggregator"] != agg.id or r["variant"] != var.name:
                     continue
                 preds = predictions.get(r["run_id"], [])

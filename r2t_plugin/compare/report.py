@@ -7,19 +7,27 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .config import CompareConfig
-from .results import metric_columns
+from .results import metric_columns, with_status
 
 __all__ = ["PairedDiff", "paired_differences", "summarize", "format_summary", "mean_std"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """(mean, sample std, n) of the finite values (std 0 for one value, NaN for none)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    v = pd.Series(values, dtype=float).replace([np.inf, -np.inf], np.nan).dropna().to_numpy()
     if v.size == 0:
         return math.nan, math.nan, 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """The finished runs: their keys, and ``columns`` as numbers (non-finite or absent: NaN)."""
+    frame = pd.DataFrame(with_status(rows), columns=["aggregator", "variant", "fold", "seed", *columns])
+    frame[list(columns)] = frame[list(columns)].apply(pd.to_numeric).replace([np.inf, -np.inf], np.nan)
+    return frame
 
 
 @dataclass(frozen=True)
@@ -52,53 +60,40 @@ def wilcoxon_p(diffs: Sequence[float]) -> float:
         return float(wilcoxon(d).pvalue)
 
 
-def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("status") == "ok"]
-
-
 def paired_differences(rows: list[dict[str, Any]], config: CompareConfig, metrics: Sequence[str]) -> list[PairedDiff]:
     """For each aggregator and each R²T variant: paired differences to the plain variant."""
     plain = config.plain_variant
     if plain is None:
         return []
-    by_key = {(r["aggregator"], r["variant"], r["fold"], r["seed"]): r for r in _ok(rows)}
+    frame = _frame(rows, metrics)
+    # (aggregator, seed, fold) x variant, one table per metric
+    wide = {m: frame.pivot(index=["aggregator", "seed", "fold"], columns="variant", values=m) for m in metrics}
     out = []
     for agg in config.aggregators:
         for var in config.variants:
             if var.is_plain:
                 continue
             for metric in metrics:
-                diffs = []
-                for (a, v, fold, seed), r in by_key.items():
-                    if a != agg.id or v != var.name:
-                        continue
-                    base = by_key.get((a, plain.name, fold, seed))
-                    x, y = r.get(metric), base.get(metric) if base else None
-                    if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
-                        continue
-                    diffs.append(x - y)
-                m, s, n = mean_std(diffs)
-                d = np.asarray(diffs)
+                pairs = wide[metric].reindex(columns=[var.name, plain.name])
+                d = (pairs[var.name] - pairs[plain.name]).dropna()
+                d = d[d.index.get_level_values("aggregator") == agg.id].to_numpy()
+                m, s, n = mean_std(d)
                 out.append(PairedDiff(agg.id, var.name, metric, n, m, s, int((d > 0).sum()), int((d == 0).sum()),
-                                      int((d < 0).sum()), wilcoxon_p(diffs)))
+                                      int((d < 0).sum()), wilcoxon_p(d)))
     return out
 
 
 def summarize(rows: list[dict[str, Any]], config: CompareConfig, split: str = "test") -> list[dict[str, Any]]:
     """Per aggregator x variant: ``{metric: (mean, std, n)}`` over finished runs."""
-    ok = _ok(rows)
+    ok = with_status(rows)
     metrics = [m for m in metric_columns({k for r in ok for k in r}, split) if not m.endswith("_loss")]
-    table = []
-    for agg in config.aggregators:
-        for var in config.variants:
-            runs = [r for r in ok if r["aggregator"] == agg.id and r["variant"] == var.name]
-            entry: dict[str, Any] = {"aggregator": agg.id, "variant": var.name, "runs": len(runs)}
-            for m in metrics:
-                entry[m] = mean_std([r.get(m) for r in runs])
-            for col in ("seconds", "params", "epochs"):
-                entry[col] = mean_std([r.get(col) for r in runs])
-            table.append(entry)
-    return table
+    columns = [*metrics, "seconds", "params", "epochs"]
+    groups = _frame(rows, columns).groupby(["aggregator", "variant"])
+    stats = {c: groups[c].apply(mean_std) for c in columns}
+    runs = groups.size()
+    return [{"aggregator": a.id, "variant": v.name, "runs": int(runs.get((a.id, v.name), 0)),
+             **{c: stats[c].get((a.id, v.name), mean_std([])) for c in columns}}
+            for a in config.aggregators for v in config.variants]
 
 
 def _fmt(ms: tuple[float, float, int], digits: int = 3) -> str:
@@ -119,7 +114,7 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 def format_summary(rows: list[dict[str, Any]], config: CompareConfig, *, title: str | None = None,
                    monitor: str | None = None, n_cases: int | None = None) -> str:
     """The markdown of ``summary.md``."""
-    ok, failed = _ok(rows), [r for r in rows if r.get("status") == "failed"]
+    ok, failed = with_status(rows), with_status(rows, "failed")
     total = len(config.aggregators) * len(config.variants) * config.folds * len(config.seeds)
     parts = [f"# {title or 'r2t compare'}", ""]
     cohort = config.cohort

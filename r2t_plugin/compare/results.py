@@ -14,9 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+import pandas as pd
+
 from ..io import atomic_write_text
 
-__all__ = ["KEY_COLUMNS", "ResultsTable", "metric_columns", "parse_value"]
+__all__ = ["KEY_COLUMNS", "ResultsTable", "metric_columns", "read_rows", "with_status"]
 
 KEY_COLUMNS = ("run_id", "aggregator", "variant", "fold", "seed", "status")
 RUN_COLUMNS = ("epochs", "best_epoch", "seconds", "peak_memory_mb", "params")
@@ -43,16 +45,32 @@ def metric_columns(columns: Iterable[str], split: str = "test") -> list[str]:
     return sorted(c for c in columns if c.startswith(f"{split}_"))
 
 
-def parse_value(text: str) -> Any:
-    """CSV text -> int, float or str (empty -> None)."""
-    if text == "":
-        return None
-    for kind in (int, float):
+def with_status(rows: Iterable[dict[str, Any]], status: str = "ok") -> list[dict[str, Any]]:
+    """The rows of runs with ``status`` (``"ok"``: finished; ``"failed"``: raised)."""
+    return [r for r in rows if r.get("status") == status]
+
+
+def _typed(text: pd.Series) -> pd.Series:
+    """A column of CSV text as integers, else floats (``nan`` included), else text; empty
+    cells None."""
+    filled = text != ""
+    values = text[filled]
+    for kind in ("int64", "float64"):
         try:
-            return kind(text)
-        except ValueError:
+            values = text[filled].astype(kind)
+            break
+        except (ValueError, OverflowError):
             pass
-    return text
+    return values.astype(object).reindex(text.index).where(filled, None)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a CSV file written by this package, each column typed (see :func:`_typed`)."""
+    try:
+        text = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return []
+    return text.apply(_typed).to_dict("records")
 
 
 def _format(value: Any) -> str:
@@ -71,9 +89,7 @@ class ResultsTable:
         self._rank = {rid: i for i, rid in enumerate(order or [])}
         self._rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    self._rows[row["run_id"]] = {k: parse_value(v) for k, v in row.items()}
+            self._rows = {row["run_id"]: row for row in read_rows(self.path)}
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row (finished and failed), in grid order."""
@@ -82,11 +98,11 @@ class ResultsTable:
 
     def finished(self) -> set[str]:
         """Run ids that completed successfully."""
-        return {rid for rid, r in self._rows.items() if r.get("status") == "ok"}
+        return {r["run_id"] for r in with_status(self._rows.values())}
 
     def failed(self) -> list[dict[str, Any]]:
         """Rows of runs that raised."""
-        return [r for r in self.rows() if r.get("status") == "failed"]
+        return with_status(self.rows(), "failed")
 
     def record(self, row: dict[str, Any]) -> None:
         """Add (or replace) the row of ``row["run_id"]`` and rewrite the file atomically."""
