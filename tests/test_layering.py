@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"plugins", "nn"},
     {"r2t", "aggregators", "wrap"},
     {"data", "tasks"},
-    {"models", "train"},
+    {"models", "train", "checkpoint"},
     {"compare", "heatmap"},
     {"cli", ""},  # "": the package itself (r2t_plugin/__init__.py, the public facade)
 ]
