@@ -46,6 +46,13 @@ def test_results_table_roundtrip_and_order(tmp_path):
     assert header[:6] == ["run_id", "aggregator", "variant", "fold", "seed", "status"]
     assert header.index("val_auc") < header.index("test_auc") < header.index("seconds") < header.index("error")
     assert not list(tmp_path.glob(".*")), "no temporary files left"
+    # a NaN metric stays NaN and an empty cell stays empty when the table is read and written again
+    table.record({**_row("abmil", "r2t", 0, math.nan), "best_epoch": None})
+    text = (tmp_path / "results.csv").read_text()
+    again = ResultsTable(tmp_path / "results.csv", order)
+    row = next(r for r in again.rows() if r["run_id"] == "abmil__r2t__fold0__seed0")
+    assert math.isnan(row["test_auc"]) and row["best_epoch"] is None and row["epochs"] == 2
+    assert again.to_csv() == text
     with pytest.raises(ValueError, match="lacks"):
         table.record({"run_id": "x"})
 
