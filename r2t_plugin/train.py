@@ -1,23 +1,23 @@
 """One training run: fit on the training bags, select on validation, test once.
 
 :func:`fit` trains ``model`` for ``task`` with Adam/AdamW and a cosine learning-rate
-schedule (``CosineAnnealingLR``, stepped per epoch), optional gradient accumulation and mixed precision, seeded and
-deterministic on CPU. After every epoch it evaluates the VALIDATION bags; the best epoch
-(by ``task.monitor``, ties broken by lower validation loss) is kept as ``best.pt`` and
-early stopping watches the same number. The test bags are evaluated once, at the end,
-with the best checkpoint. Files in ``out_dir`` (all written atomically):
+schedule (``CosineAnnealingLR``, stepped per epoch), optional gradient accumulation and
+mixed precision, seeded and deterministic on CPU. After every epoch it evaluates the
+VALIDATION bags; the best epoch (by ``task.monitor``, ties broken by lower validation loss)
+is kept as ``best.pt`` and early stopping watches the same number. The test bags are
+evaluated once, at the end, with the best checkpoint. Files in ``out_dir`` (all written
+atomically; the checkpoints are :mod:`r2t_plugin.checkpoint`'s):
 
 - ``log.csv``: one row per epoch (learning rate, train loss, validation loss and metrics);
 - ``last.pt``: everything needed to resume an interrupted run (removed when it finishes);
-- ``best.pt``: the selected model: a :func:`~r2t_plugin.models.save_checkpoint` file when
-  ``fit`` is given the model's :class:`~r2t_plugin.models.ModelSpec` (it rebuilds the model
-  on its own), else the bare ``state_dict``;
+- ``best.pt``: the selected model, with its :class:`~r2t_plugin.models.ModelSpec` when
+  ``fit`` is given one (then :func:`~r2t_plugin.models.load_checkpoint` rebuilds it);
 - ``result.json``: the final :class:`FitResult`; a finished run is not retrained.
 
 Models are called as ``model(batch)`` with a :class:`~r2t_plugin.bag.BagBatch` (the
-aggregator contract); models whose ``forward`` takes ``label`` (:func:`~r2t_plugin.wrap.takes_label`)
-also get the labels during classification training (for instance losses). ``out.get("aux_loss", 0)`` is added to the
-task loss.
+aggregator contract); models whose ``forward`` takes ``label``
+(:func:`~r2t_plugin.wrap.takes_label`) also get the labels during classification training
+(for instance losses). ``out.get("aux_loss", 0)`` is added to the task loss.
 """
 from __future__ import annotations
 
