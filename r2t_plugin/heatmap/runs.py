@@ -71,7 +71,7 @@ def _cohort_config(root: Path) -> Any:
 
 def load_test_split(path: str | os.PathLike) -> RunTestSplit:
     """The test split of the run whose folder (or a file in it) is ``path``."""
-    from ..compare.engine import open_cohort
+    from ..compare.cell import open_cohort
     from ..data.splits import read_folds
 
     path = Path(path)

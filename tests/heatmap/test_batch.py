@@ -15,8 +15,8 @@ from .conftest import read_png
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     """A comparison's folder as r2t compare leaves it, with one (untrained) finished run."""
+    from r2t_plugin.compare.cell import model_spec, open_cohort
     from r2t_plugin.compare.config import parse_config
-    from r2t_plugin.compare.engine import open_cohort
     from r2t_plugin.compare.grid import make_grid
     from r2t_plugin.compare.manifest import build_manifest, write_manifest
     from r2t_plugin.data import cohort_strata, load_or_make_folds
@@ -38,8 +38,7 @@ def compare_run(tmp_path_factory):
     load_or_make_folds(out / "splits", cohort.case_ids, cohort_strata(cohort), 2, 0.2, 0)
     cell = next(c for c in make_grid(config) if c.variant.name == "plain" and c.fold == 1)
     torch.manual_seed(0)
-    spec = ModelSpec(cell.aggregator.name, 8, 2, options=dict(cell.aggregator.options), r2t=cell.variant.r2t,
-                     classes=tuple(cohort.classes), name=cell.run_id)
+    spec = model_spec(cell, 8, 2, cohort)  # as the harness writes every run's best.pt
     save_checkpoint(out / "runs" / cell.run_id / "best.pt", build_model(spec).state_dict(), spec)
     return out, cell, cohort
 
