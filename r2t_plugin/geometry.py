@@ -23,7 +23,9 @@ CELL_TOLERANCE = 1e-3
 
 
 def _float(coords: Tensor) -> Tensor:
-    return torch.as_tensor(coords).to(torch.float32)
+    if isinstance(coords, Tensor):
+        return coords.to(torch.float32)  # stays on its own device
+    return torch.as_tensor(coords, dtype=torch.float32)
 
 
 def infer_patch_sizes(coords: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -137,12 +137,7 @@ def test_errors_are_clear(padded):
 
 
 
-# geometry._float calls torch.as_tensor(coords) without device=, which follows the default device
-DEVICE_XFAIL = {"patch_gcn"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="geometry._float"))
-                                  if n in DEVICE_XFAIL else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_every_tensor_stays_on_the_inputs_device(name, padded):
     """No tensor is made on the default device: with the default device set to "meta", a
     factory call without ``device=`` (the way a CPU tensor sneaks into a CUDA batch) makes
@@ -164,6 +159,6 @@ def test_every_tensor_stays_on_the_inputs_device(name, padded):
     model, label = make(name).train(), torch.tensor([0, 2])
     with torch.device("meta"), Devices() as rec:
         out = model(x, mask=mask, coords=coords, patch_size=256.0, label=label)
-        model(x[1, :7])  # no mask: the base makes one
+        model(x[1, :7], coords=coords[1, :7], patch_size=256.0)  # no mask: the base makes one
     assert rec.seen == {"cpu"}
     assert all(v.device.type == "cpu" for v in tree_leaves(out) if isinstance(v, torch.Tensor))
