@@ -26,7 +26,7 @@ __all__ = ["PRESETS", "load_official_checkpoint", "to_official_state_dict", "off
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read as the reference's R²T."""
+    """A checkpoint that cannot be read: an authors' R²T file or a best.pt of this package (``r2t_plugin.models``)."""
 
 
 # Published per-dataset settings of the authors' runs; all use n_layers 2 and a tanh ABMIL activation.
