@@ -3,8 +3,10 @@
 :func:`fit` trains ``model`` for ``task`` with Adam/AdamW and a cosine learning-rate
 schedule (``CosineAnnealingLR``, stepped per epoch), optional gradient accumulation and
 mixed precision, seeded and deterministic on CPU. After every epoch it evaluates the
-VALIDATION bags; the best epoch (by ``task.monitor``, ties broken by lower validation loss)
-is kept as ``best.pt`` and early stopping watches the same number. The test bags are
+VALIDATION bags; the best epoch (by ``task.monitor``, ties broken by lower validation loss,
+or by validation loss; optionally the mean over the last ``smooth`` epochs, the window's
+last epoch being the one kept) is kept as ``best.pt`` and early stopping watches the same
+number, never before ``min_epochs``. The test bags are
 evaluated once, at the end, with the best checkpoint. Files in ``out_dir`` (all written
 atomically; the checkpoints are :mod:`r2t_plugin.checkpoint`'s):
 
@@ -37,12 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .bag import BagBatch, FeatureBag
 from .checkpoint import Progress, check_same_run, load_best, load_resume, save_best, save_resume
 from .io import atomic_write_text
 from .models import ModelSpec
+from .progress import ProgressBar
 from .tasks.base import Task
 from .wrap import takes_label
 
@@ -51,7 +53,7 @@ __all__ = ["TrainConfig", "TrainConfigError", "FitResult", "fit", "evaluate", "s
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_CHOICES = {"optimizer": tuple(_OPTIMIZERS), "amp": (None, *_AMP)}
+_CHOICES = {"optimizer": tuple(_OPTIMIZERS), "amp": (None, *_AMP), "select": ("score", "loss")}
 # fields that do not change what is trained (allowed to differ when resuming)
 _RUNTIME_FIELDS = ("device", "num_threads", "progress", "resume")
 
@@ -69,7 +71,10 @@ class TrainConfig:
     """Settings of one training run.
 
     ``patience``: epochs without a better validation score before stopping (None: never
-    stop early). ``amp``: None, ``"bf16"`` or ``"fp16"`` autocast. ``num_threads``: torch
+    stop early); ``min_epochs``: no early stop before this many epochs (the cosine schedule
+    always spans ``epochs``). ``select``: what picks the epoch on validation, ``"score"``
+    (the task's metric, e.g. AUC, ties broken by lower loss) or ``"loss"``; ``smooth``: the
+    mean of that value over the last ``smooth`` epochs is compared (1: the epoch alone). ``amp``: None, ``"bf16"`` or ``"fp16"`` autocast. ``num_threads``: torch
     CPU threads during the run (None: unchanged). ``resume``: continue from ``last.pt`` /
     return the finished ``result.json`` found in ``out_dir``.
     """
@@ -81,6 +86,9 @@ class TrainConfig:
     batch_size: int = 1
     accumulation: int = 1
     patience: int | None = 10
+    min_epochs: int = 0
+    select: str = "score"
+    smooth: int = 1
     amp: str | None = None
     seed: int = 0
     device: str = "cpu"
@@ -90,12 +98,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = {name: f"must be >= 1, got {getattr(self, name)}"
-                    for name in ("epochs", "batch_size", "accumulation") if getattr(self, name) < 1}
+                    for name in ("epochs", "batch_size", "accumulation", "smooth") if getattr(self, name) < 1}
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 problems[name] = f"{getattr(self, name)!r} is not one of: {', '.join(map(str, choices))}"
         if self.patience is not None and self.patience < 1:
             problems["patience"] = f"must be >= 1 (or None: never stop early), got {self.patience}"
+        if not 0 <= self.min_epochs <= self.epochs:
+            problems["min_epochs"] = f"must be in [0, epochs={self.epochs}], got {self.min_epochs}"
         if not self.lr > 0:
             problems["lr"] = f"must be > 0, got {self.lr}"
         if self.weight_decay < 0:
@@ -201,12 +211,17 @@ def evaluate(model: nn.Module, task: Task, bags: Sequence[FeatureBag], *, batch_
     return metrics, torch.cat(logits)
 
 
-def _score(metrics: dict[str, float], task: Task) -> tuple[float, float]:
-    """Selection key (larger is better): monitor (NaN worst), then lower loss."""
-    m = metrics.get(task.monitor, float("nan"))
-    m = -math.inf if math.isnan(m) else (m if task.higher_is_better else -m)
-    loss = metrics["loss"]
-    return m, -loss if math.isfinite(loss) else -math.inf
+def _score(history: list[dict[str, float]], task: Task, cfg: TrainConfig) -> tuple[float, ...]:
+    """Selection key of the last epoch of ``history`` (larger is better): whether it closes a
+    full window of ``cfg.smooth`` epochs (a partial window never beats a full one), the
+    selected value (monitor or loss, averaged over the window; NaN worst), then the other."""
+    def value(name: str, sign: float) -> float:
+        v = float(np.mean([row.get(f"val_{name}", math.nan) for row in history[-cfg.smooth:]]))
+        return sign * v if math.isfinite(v) else -math.inf
+
+    score, loss = value(task.monitor, 1.0 if task.higher_is_better else -1.0), value("loss", -1.0)
+    full = float(len(history) >= cfg.smooth)
+    return (full, loss, score) if cfg.select == "loss" else (full, score, loss)
 
 
 def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Task, sizes: tuple[int, int, int]) -> dict[str, Any]:
@@ -307,17 +322,17 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
             torch.cuda.reset_peak_memory_stats(device)
         run = load_resume(last_path, parts, fp) if cfg.resume and last_path.is_file() else Progress()
 
-        bar = tqdm(total=cfg.epochs, initial=run.next_epoch, disable=not cfg.progress, desc=f"fit {out.name}",
-                   unit="epoch", leave=False)
+        bar = ProgressBar(cfg.epochs, f"fit {out.name}", "epoch", initial=run.next_epoch, enabled=cfg.progress,
+                          leave=False)
         for epoch in range(run.next_epoch, cfg.epochs):
-            if run.stopped(cfg.patience):
+            if epoch >= cfg.min_epochs and run.stopped(cfg.patience):
                 break
             t0 = time.perf_counter()
             lr = schedule.get_last_lr()[0]
             train_loss = _train_epoch(model, task, train_bags, cfg, epoch, opt, scaler, device, give_label, out)
             schedule.step()
             val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp)
-            key = _score(val, task)
+            key = _score([*run.history, {f"val_{k}": v for k, v in val.items()}], task, cfg)
             improved = run.best_epoch < 0 or key > run.best_key
             if improved:
                 run.best_key, run.best_epoch, run.wait = key, epoch, 0
@@ -332,9 +347,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
                                 "best": int(improved), "seconds": seconds})
             _write_log(out / "log.csv", run.history)
             save_resume(last_path, parts, run, fp)
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}",
-                            **{f"val_{task.monitor}": f"{val.get(task.monitor, float('nan')):.3f}"})
+            bar.step(f"loss {train_loss:.3f}, val_{task.monitor} {val.get(task.monitor, float('nan')):.3f}")
         bar.close()
 
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ MAX_LINES = 400
 
 # the layers of DESIGN.md, bottom first: a module imports only from its own layer or below
 LAYERS: list[set[str]] = [
-    {"bag", "hookspecs", "io", "geometry"},
+    {"bag", "hookspecs", "io", "geometry", "progress"},
     {"plugins", "nn"},
     {"r2t", "aggregators", "wrap"},
     {"data", "tasks"},

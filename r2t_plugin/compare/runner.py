@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from ..io import TEMP_GLOB, atomic_write_text
+from ..progress import ProgressBar, is_terminal
 from .config import CompareConfig, ConfigError
 from .cell import Plan, make_task, model_spec, open_cohort
 from .engines import Engine, get_engine
@@ -158,16 +158,13 @@ def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, t
     table = ResultsTable(out / "results.csv", [c.run_id for c in grid])
     done = table.finished()
     todo = [c for c in grid if c.run_id not in done]
-    plan = Plan(config, tuple(folds), in_dim, out / "runs", progress)
+    # each run's own epoch bar only on a terminal: a log gets one line per finished run
+    plan = Plan(config, tuple(folds), in_dim, out / "runs", progress and is_terminal())
     engine = engine or get_engine(config)
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="compare", unit="run", disable=not progress)
-    try:
+    with ProgressBar(len(grid), "compare", "run", initial=len(grid) - len(todo), enabled=progress) as bar:
         for cell, outcome in engine.run(todo, plan):
             _commit(out, cell, outcome, table)
-            bar.update(1)
-            bar.set_postfix_str(f"{cell.run_id} {outcome.row['status']}")
-    finally:
-        bar.close()
+            bar.step(f"{cell.run_id} {outcome.row['status']}")
 
     rows = table.rows()
     summary = format_summary(rows, config, title=title, monitor=getattr(task, "monitor", None),

@@ -2,8 +2,8 @@
 
 With ``workers=1`` the cells run one after another in this process (the run's own progress
 bar shows); otherwise in ``workers`` spawned processes with ``threads`` torch threads each,
-one progress bar per running cell (following its epoch log). A worker stops at once when
-the driver dies, so a killed driver leaves no orphans.
+one progress bar per running cell (following its epoch log) on a terminal. A worker stops
+at once when the driver dies, so a killed driver leaves no orphans.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
+from ...progress import ProgressBar, is_terminal
 from ..cell import CellOutcome, Plan, run_cell
 from ..grid import Cell
 
@@ -67,7 +67,7 @@ class LocalEngine:
             for cell in cells:
                 yield cell, run_cell(cell, plan)
             return
-        show = plan.progress
+        show = plan.progress and is_terminal()  # per-cell bars only on a terminal
         plan = replace(plan, progress=False)
         epochs = int(plan.config.training["epochs"])
         ctx = multiprocessing.get_context("spawn")
@@ -82,9 +82,8 @@ class LocalEngine:
                         if fut.running() and fut not in done and (plan.run_root / cell.run_id).is_dir():
                             bar = bars.get(fut)
                             if bar is None:
-                                bar = bars[fut] = tqdm(total=epochs, desc=cell.run_id, unit="epoch", leave=False)
-                            bar.n = _epochs_logged(plan.run_root / cell.run_id)
-                            bar.refresh()
+                                bar = bars[fut] = ProgressBar(epochs, cell.run_id, "epoch", leave=False)
+                            bar.advance_to(_epochs_logged(plan.run_root / cell.run_id))
                 for fut in done:
                     cell = pending.pop(fut)
                     if fut in bars:
