@@ -34,7 +34,7 @@ class Progress:
     next_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
-    best_key: tuple[float, float] = (-math.inf, -math.inf)
+    best_key: tuple[float, ...] = (-math.inf, -math.inf, -math.inf)
     best_epoch: int = -1
     wait: int = 0
 
