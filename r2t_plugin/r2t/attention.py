@@ -88,10 +88,30 @@ def _heads(x: Tensor, n: int, p: int, h: int) -> Tensor:
     return x.view(n, p, h, -1).transpose(1, 2)
 
 
-def _slot_rows(buf: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """The q rows (n * p, C) and the k | v rows (n * p, 2C) of a chunk's slots."""
-    c = buf.shape[1] // 3
-    return buf[:, :c].index_select(0, idx), buf[:, c:].index_select(0, idx)
+def _project(rows: Tensor, ln: tuple[Tensor, Tensor] | None, weight: Tensor, bias: Tensor, pos: Tensor | None,
+             n_slots: int, pads_active: bool, eps: float, dt: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(normalised rows, q rows (n_slots, C), k | v rows (n_slots, 2C)) of a chunk.
+
+    ``rows`` (c, C) the chunk's tokens, at slots ``pos`` of the chunk (None: every slot).
+    Only they are normalised and projected; empty slots are zero tokens after the
+    LayerNorm, whose projection is the bias when ``pads_active`` (official pads), else
+    zero. The normalised rows keep the autograd graph of ``rows`` and of the LayerNorm
+    (when they require grad); q and k | v do not."""
+    c = rows.shape[1]
+    a = rows if ln is None else F.layer_norm(rows, (c,), ln[0], ln[1], eps)
+    with torch.no_grad():
+        a_d = a.detach().to(dt)
+        q = torch.addmm(bias[:c], a_d, weight[:c].t())
+        kv = torch.addmm(bias[c:], a_d, weight[c:].t())
+        if pos is not None:
+            q, kv = (_spread(z, pos, n_slots, b if pads_active else None) for z, b in ((q, bias[:c]), (kv, bias[c:])))
+    return a, q, kv
+
+
+def _spread(z: Tensor, pos: Tensor, n_slots: int, fill: Tensor | None) -> Tensor:
+    """(c, W) rows -> (n_slots, W), row ``pos[i]`` = ``z[i]``, the others ``fill`` (or zero)."""
+    out = z.new_zeros(n_slots, z.shape[1]) if fill is None else fill.expand(n_slots, -1).clone()
+    return out.index_copy_(0, pos, z)
 
 
 class _RegionAttention(torch.autograd.Function):
@@ -99,13 +119,14 @@ class _RegionAttention(torch.autograd.Function):
     region, chunk by chunk.
 
     ``h`` (T, C) tokens (the residual stream); ``ln_w``/``ln_b`` the LayerNorm, or None when
-    ``h`` is already normalised. The projections of all tokens live in one (T + 1, 3C)
-    buffer whose last row is what an empty slot holds: the projection of a zero token
-    (the bias: official pads, which take part) or zero (default mode: q = 0, never a key).
-    Saved for the backward: ``h``, the projections, the output (T, C) and, on the fused
-    CPU path, the log-sum-exp. The backward recomputes each chunk's normalised tokens and
-    EPEG queries (and, off that path, its attention), so neither ``LN(h)`` nor more than
-    one chunk's temporaries are ever held.
+    ``h`` is already normalised. The LayerNorm and the projection run per chunk, on the
+    chunk's tokens only (every token sits in one slot, so this costs one projection of the
+    tokens; empty slots cost nothing there). Saved for the backward: ``h``, the parameters,
+    the output (T, C) and, on the fused CPU path, the log-sum-exp. The backward recomputes
+    each chunk's normalised rows, projections and EPEG queries (and, off that path, its
+    attention), so no token-width intermediate (``LN(h)``, q, k, v) and no more than one
+    chunk's temporaries are ever held; its projection and LayerNorm gradients also skip
+    empty slots.
     """
 
     @staticmethod
@@ -114,18 +135,15 @@ class _RegionAttention(torch.autograd.Function):
         t, c = h.shape
         dt = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
         fused = _FUSED_CPU and h.device.type == "cpu"
+        ln = None if ln_w is None else (ln_w, ln_b)
         with torch.autocast(h.device.type, enabled=False), torch.no_grad():
-            a = h if ln_w is None else F.layer_norm(h, (c,), ln_w, ln_b, eps)
-            b = bias.to(dt)
+            wt, b = weight.to(dt), bias.to(dt)
             w_c = None if w is None else w.to(dt)
-            qkv = torch.empty(t + 1, 3 * c, dtype=dt, device=h.device)
-            torch.addmm(b, a.to(dt), weight.to(dt).t(), out=qkv[:t])
-            del a
-            qkv[t] = b if regions.pads_active else 0
-            out = qkv.new_empty(t + 1, c)  # row t collects what empty slots produce
+            out = h.new_empty(t, c, dtype=dt)
             lse = []
-            for idx, act, n, p in _chunks(regions, chunk_tokens):
-                q_rows, kv_rows = _slot_rows(qkv, idx)
+            for idx, act, n, p, pos, tok in _chunks(regions, chunk_tokens):
+                _, q_rows, kv_rows = _project(h.index_select(0, tok), ln, wt, b, pos, n * p,
+                                              regions.pads_active, eps, dt)
                 kv = kv_rows.view(n, p, 2, heads, -1)
                 q = _heads(_epeg(q_rows, w_c, n, p), n, p, heads)
                 k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
@@ -135,24 +153,24 @@ class _RegionAttention(torch.autograd.Function):
                     lse.append(l)
                 else:
                     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                out.index_copy_(0, idx, o.transpose(1, 2).reshape(n * p, c))
-            out[t] = 0
-        ctx.save_for_backward(h, ln_w, ln_b, weight, w, qkv, out)
+                o = o.transpose(1, 2).reshape(n * p, c)
+                out.index_copy_(0, tok, o if pos is None else o.index_select(0, pos))
+        ctx.save_for_backward(h, ln_w, ln_b, weight, bias, w, out)
         ctx.lse, ctx.regions, ctx.heads, ctx.chunk_tokens, ctx.fused = lse, regions, heads, chunk_tokens, fused
-        ctx.eps, ctx.bias_dtype = eps, bias.dtype
-        return out[:t]
+        ctx.eps = eps
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        h, ln_w, ln_b, weight, w, qkv, out = ctx.saved_tensors
+        h, ln_w, ln_b, weight, bias, w, out = ctx.saved_tensors
         regions, heads = ctx.regions, ctx.heads
         t, c = h.shape
-        dt = qkv.dtype
+        dt = out.dtype
         need_h, need_lw, need_lb, need_wt, need_b, need_w = ctx.needs_input_grad[:6]
         need_ln = ln_w is not None and (need_lw or need_lb)
-        wt = weight.detach().to(dt)
+        wt, b = weight.detach().to(dt), bias.detach().to(dt)
         f32 = dict(dtype=torch.float32, device=h.device)
-        grad_h = h.new_empty(t + 1, c) if need_h else None  # row t: what empty slots would get
+        grad_h = h.new_empty(t, c) if need_h else None  # every row written once (every token is in one slot)
         grad_wt = torch.zeros(3 * c, c, **f32) if need_wt else None
         grad_b = torch.zeros(3 * c, **f32) if need_b else None
         grad_w = torch.zeros(w.shape, **f32) if need_w else None
@@ -160,11 +178,13 @@ class _RegionAttention(torch.autograd.Function):
         w_c = None if w is None else w.detach().to(dt)
         ln = None if ln_w is None else (ln_w.detach().requires_grad_(need_ln), ln_b.detach().requires_grad_(need_ln))
         with torch.autocast(h.device.type, enabled=False):
-            for i, (idx, act, n, p) in enumerate(_chunks(regions, ctx.chunk_tokens)):
+            for i, (idx, act, n, p, pos, tok) in enumerate(_chunks(regions, ctx.chunk_tokens)):
                 go = _heads(_take(grad_out, idx), n, p, heads)
                 mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
-                q_rows, kv_rows = _slot_rows(qkv, idx)
+                h_rows = h.index_select(0, tok).requires_grad_(need_h)
                 with torch.enable_grad():
+                    # the chunk's normalised rows and projections, recomputed
+                    a, q_rows, kv_rows = _project(h_rows, ln, wt, b, pos, n * p, regions.pads_active, ctx.eps, dt)
                     q_in = q_rows.requires_grad_()
                     kv = kv_rows.requires_grad_(not ctx.fused).view(n, p, 2, heads, -1)
                     w_l = None if w_c is None else w_c.requires_grad_(need_w)
@@ -172,7 +192,8 @@ class _RegionAttention(torch.autograd.Function):
                     k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
                     wanted = [q_in] + ([w_l] if need_w else [])
                     if ctx.fused:
-                        o = _heads(out.index_select(0, idx), n, p, heads)
+                        # an empty slot's output only meets its zero gradient (in rowsum(dO * O))
+                        o = _heads(_take(out, idx), n, p, heads)
                         gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                             go, q.detach(), k, v, o, ctx.lse[i], 0.0, False, attn_mask=mask)
                         grads = torch.autograd.grad(q, wanted, gq)
@@ -182,22 +203,19 @@ class _RegionAttention(torch.autograd.Function):
                         gk, gv = (g.transpose(1, 2) for g in grads[-1].view(n, p, 2, heads, -1).unbind(2))
                 if need_w:
                     grad_w += grads[1].float()
-                parts = (grads[0].view(n * p, c), gk.transpose(1, 2).reshape(n * p, c),
-                         gv.transpose(1, 2).reshape(n * p, c))
-                if need_b:
-                    # pads are zero tokens (their projection is the bias); empty slots are not
-                    r = ((idx < t) | regions.pads_active).to(dt)[None]
+                parts = [grads[0].view(n * p, c), gk.transpose(1, 2).reshape(n * p, c),
+                         gv.transpose(1, 2).reshape(n * p, c)]
+                if need_b and regions.pads_active:  # pads are zero tokens: their projection is the bias
                     for j in range(3):
-                        grad_b[j * c : (j + 1) * c] += (r @ parts[j])[0].float()
+                        grad_b[j * c : (j + 1) * c] += parts[j].sum(0, dtype=torch.float32)
+                if pos is not None:  # the slots holding a token
+                    parts = [g.index_select(0, pos) for g in parts]
+                if need_b and not regions.pads_active:
+                    for j in range(3):
+                        grad_b[j * c : (j + 1) * c] += parts[j].sum(0, dtype=torch.float32)
                 if not (need_h or need_wt or need_ln):
                     continue
-                # the projection (and LayerNorm) gradients, chunk by chunk: the normalised
-                # tokens are recomputed here, and no (T, 3C) gradient buffer exists
-                empty = (idx >= t)[:, None]
-                with torch.enable_grad():
-                    h_rows = _take(h, idx).requires_grad_(need_h)
-                    a = h_rows if ln is None else F.layer_norm(h_rows, (c,), ln[0], ln[1], ctx.eps)
-                    a = a.masked_fill(empty, 0)  # empty slots and pads are zero tokens after the LN
+                # the projection (and LayerNorm) gradients, chunk by chunk: no (T, 3C) buffer
                 if need_wt:
                     a_d = a.detach().to(dt)
                     for j in range(3):
@@ -212,27 +230,34 @@ class _RegionAttention(torch.autograd.Function):
                     inputs = ([h_rows] if need_h else []) + (list(ln) if need_ln else [])
                     got = torch.autograd.grad(a, inputs, ga.to(a.dtype))
                     if need_h:
-                        grad_h.index_copy_(0, idx, got[0])
+                        grad_h.index_copy_(0, tok, got[0])
                     if need_ln:
                         grad_ln[0] += got[-2].float()
                         grad_ln[1] += got[-1].float()
-        return (None if grad_h is None else grad_h[:t],
+        return (grad_h,
                 None if not need_ln else grad_ln[0].to(ln_w.dtype),
                 None if not need_ln else grad_ln[1].to(ln_b.dtype),
                 None if grad_wt is None else grad_wt.to(weight.dtype),
-                None if grad_b is None else grad_b.to(ctx.bias_dtype),
+                None if grad_b is None else grad_b.to(bias.dtype),
                 None if grad_w is None else grad_w.to(w.dtype), None, None, None, None)
 
 
 def _chunks(regions: Regions, chunk_tokens: int):
-    """(slot tokens, slot active, regions, slots per region) of every chunk of regions."""
-    slots, active = regions.slots, regions.slot_active
+    """Every chunk of regions: (slot tokens, slot active, regions n, slots per region p,
+    positions in the chunk of its slots holding a token (None: all of them), those tokens)."""
+    slots, active, at = regions.slots, regions.slot_active, regions.fill_offsets
     for (s, e, p), off in zip(regions.groups, regions.offsets()):
         step = max(1, chunk_tokens // p)
         for r0 in range(0, e - s, step):
             n = min(step, e - s - r0)
             a, b = off + r0 * p, off + (r0 + n) * p
-            yield slots[a:b], active[a:b], n, p
+            idx = slots[a:b]
+            ta, tb = at[s + r0], at[s + r0 + n]
+            if tb - ta == n * p:
+                yield idx, active[a:b], n, p, None, idx
+            else:
+                real = regions.real_slots[ta:tb]
+                yield idx, active[a:b], n, p, real - a, slots[real]
 
 
 def region_attention(h: Tensor, norm: nn.LayerNorm | None, weight: Tensor, bias: Tensor, w: Tensor | None,

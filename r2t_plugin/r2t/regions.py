@@ -49,6 +49,8 @@ class Regions:
     ``groups``: (first region, end, slots used) for runs of regions of one size.
     ``bag_regions``: the number of regions of each bag. ``pads_active``: the official
     mode, where every slot is active and an empty slot is a zero token (known on the host).
+    ``fill``: the number of tokens in each region (known on the host; lets the layers skip
+    empty slots wherever their work does not depend on them).
     """
 
     index: Tensor
@@ -59,10 +61,13 @@ class Regions:
     groups: tuple[tuple[int, int, int], ...] = ()
     bag_regions: tuple[int, ...] = field(default=())
     pads_active: bool = False
+    fill: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.groups:
             self.groups = ((0, self.n_regions, self.size),)
+        if len(self.fill) != self.n_regions:
+            raise ValueError(f"fill must give the tokens of each of the {self.n_regions} regions, got {len(self.fill)}")
 
     @property
     def n_regions(self) -> int:
@@ -95,6 +100,20 @@ class Regions:
         inv.scatter_(0, self.slots, torch.arange(m, device=inv.device))
         return inv[: self.n_tokens]
 
+    @cached_property
+    def real_slots(self) -> Tensor:
+        """(T,) the positions in :attr:`slots` of the slots holding a token, ascending (so
+        the tokens of regions r0..r1 are entries ``fill_offsets[r0]:fill_offsets[r1]``)."""
+        return self.slot_of_token.sort().values
+
+    @cached_property
+    def fill_offsets(self) -> list[int]:
+        """Tokens in the regions before each region (R + 1 entries, host)."""
+        out = [0]
+        for f in self.fill:
+            out.append(out[-1] + f)
+        return out
+
     def offsets(self) -> list[int]:
         """Start of each group in :attr:`slots`."""
         out, at = [], 0
@@ -122,6 +141,17 @@ def _block_slots(side: int, window: int, n_regions: int, device) -> Tensor:
     return first[:, None] + ((s // window) * side + s % window)[None, :]
 
 
+def _grid_fill(n: int, side: int, window: int, n_regions: int) -> list[int]:
+    """Instances in each of the first regions of :func:`_block_slots`'s grid when the first
+    ``n`` file positions hold one (host arithmetic)."""
+    per_side = side // window
+    out = []
+    for r in range(n_regions):
+        first = (r // per_side) * window * side + (r % per_side) * window
+        out.append(sum(min(window, max(0, n - first - i * side)) for i in range(window)))
+    return out
+
+
 def _merge_groups(sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
     """(regions, slots) per bag -> groups of consecutive regions with one size."""
     groups: list[list[int]] = []
@@ -146,8 +176,9 @@ def official_regions(b: int, n: int, region_num: int, device=None) -> Regions:
     offset = torch.arange(b, device=device)[:, None, None] * n
     index = torch.where(pos < n, pos + offset, b * n).reshape(-1, window * window)
     bag = torch.arange(b, device=device).repeat_interleave(region_num * region_num)
+    fill = tuple(_grid_fill(n, side, window, region_num * region_num)) * b
     return Regions(index=index, active=torch.ones_like(index, dtype=torch.bool), bag=bag, n_tokens=b * n,
-                   bag_regions=(region_num * region_num,) * b, pads_active=True)
+                   bag_regions=(region_num * region_num,) * b, pads_active=True, fill=fill)
 
 
 def _compact(mask: Tensor, n_real: int) -> Tensor:
@@ -189,7 +220,7 @@ def sequence_regions(mask: Tensor, *, region_num: int | None, region_size: int |
     m_min = _min_side(min_region_tokens)
     grids = [_sequence_grid(nb, region_num, region_size, m_min) for nb in lengths]
     width = max(w for _, w in grids)
-    parts, sizes = [], []
+    parts, sizes, fill = [], [], []
     start = 0
     for nb, (side, window) in zip(lengths, grids):
         # a region is used iff its first slot holds an instance; those form a prefix
@@ -200,13 +231,14 @@ def sequence_regions(mask: Tensor, *, region_num: int | None, region_size: int |
         index = torch.where(pos < nb, pos + start, total)
         parts.append(F.pad(index, (0, width * width - window * window), value=total))
         sizes.append((n_reg, window * window))
+        fill += _grid_fill(nb, side, window, n_reg)
         start += nb
     index = torch.cat(parts)
     counts = [r for r, _ in sizes]
     bag = torch.arange(b, device=device).repeat_interleave(torch.tensor(counts, device=device),
                                                            output_size=sum(counts))
     return Regions(index=index, active=index < total, bag=bag, n_tokens=total, tokens=tokens,
-                   groups=_merge_groups(sizes), bag_regions=tuple(counts))
+                   groups=_merge_groups(sizes), bag_regions=tuple(counts), fill=tuple(fill))
 
 
 def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
@@ -248,11 +280,15 @@ def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
     bag_of_new = torch.where(new, wsorted // _KEY, b)
     per_bag = torch.bincount(bag_of_new, minlength=b + 1)[:b]
     lengths = mask.sum(dim=1)
-    stats = torch.cat([dup.reshape(1).long(), lengths, s, per_bag]).tolist()  # the one transfer
+    # instances per region, in a vector sized by the batch (the number of regions is not known yet)
+    fill = torch.zeros(b * n + 1, dtype=torch.long, device=device).scatter_add_(
+        0, torch.where(mask.reshape(-1), region, b * n), torch.ones_like(region))[: b * n]
+    stats = torch.cat([dup.reshape(1).long(), lengths, s, per_bag, fill]).tolist()  # the one transfer
     if stats[0]:
         _raise_duplicate(mask, cells, coords, ps, bag_names)
-    lengths, sides, per_bag = stats[1 : 1 + b], stats[1 + b : 1 + 2 * b], stats[1 + 2 * b :]
+    lengths, sides, per_bag = stats[1 : 1 + b], stats[1 + b : 1 + 2 * b], stats[1 + 2 * b : 1 + 3 * b]
     total, n_reg = sum(lengths), sum(per_bag)
+    fill = tuple(stats[1 + 3 * b : 1 + 3 * b + n_reg])
     width = max(sides)
     tok = torch.cumsum(mask.reshape(-1), 0) - 1
     slot = ((row % sb) * sb + col % sb).reshape(-1)
@@ -266,7 +302,7 @@ def coords_regions(mask: Tensor, coords: Tensor, patch_size: Tensor | None, *,
     tokens = None if total == b * n else _compact(mask, total)
     return Regions(index=index, active=index < total, bag=bag_of_region, n_tokens=total, tokens=tokens,
                    groups=_merge_groups([(r, w * w) for r, w in zip(per_bag, sides)]),
-                   bag_regions=tuple(per_bag))
+                   bag_regions=tuple(per_bag), fill=fill)
 
 
 def _raise_duplicate(mask: Tensor, cells: Tensor, coords: Tensor, ps: Tensor,
