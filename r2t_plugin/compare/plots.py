@@ -5,12 +5,15 @@
   one panel per aggregator, one curve per variant; multi-class: micro-averaged one-vs-rest;
 - ``km.png`` (survival): Kaplan–Meier curves of the test cases split into high / low
   predicted risk at the median risk of each run's VALIDATION cases (no test information),
-  pooled over folds x seeds, with the log-rank p-value; one panel per aggregator x variant.
+  pooled over folds x seeds, with the log-rank p-value and the numbers at risk under each
+  panel; one panel per aggregator x variant; the time axis in the unit the time column's
+  name gives (``survival_months``: months).
 """
 from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from .config import CompareConfig
 from .report import mean_std
 from .results import metric_columns, with_status
 
-__all__ = ["plot_all", "plot_metrics", "plot_roc", "plot_km"]
+__all__ = ["plot_all", "plot_metrics", "plot_roc", "plot_km", "km_figure", "numbers_at_risk", "time_unit"]
 
 
 def _plt():
@@ -143,59 +146,118 @@ def _n_classes(predictions: dict[str, list[dict[str, Any]]]) -> int:
     return 0
 
 
-def plot_km(rows: list[dict[str, Any]], config: CompareConfig, predictions: dict[str, list[dict[str, Any]]],
-            path: Path) -> Path | None:
-    """Kaplan–Meier of test cases in high / low predicted risk (split at the validation median)."""
+_TIME_UNITS = {"day": "days", "days": "days", "week": "weeks", "weeks": "weeks", "wk": "weeks", "wks": "weeks",
+               "month": "months", "months": "months", "mo": "months", "mos": "months", "mon": "months",
+               "mth": "months", "mths": "months", "year": "years", "years": "years", "yr": "years", "yrs": "years"}
+
+
+def time_unit(column: str) -> str | None:
+    """The time unit a column's name gives (``survival_months`` -> ``months``, ``OS.time`` -> None)."""
+    words = re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", column).lower())
+    return next((_TIME_UNITS[w] for w in words if w in _TIME_UNITS), None)
+
+
+def numbers_at_risk(times: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """How many cases are still under observation (time >= t) at each time of ``at``."""
+    times = np.asarray(times, dtype=float)
+    return (times[None, :] >= np.asarray(at, dtype=float)[:, None]).sum(axis=1)
+
+
+def _km_groups(rows, agg: str, var: str, predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled test (time, event, high risk) of every run of ``agg`` x ``var``, each split at
+    its own validation median risk."""
+    time, event, high = [], [], []
+    for r in with_status(rows):
+        if r["aggregator"] != agg or r["variant"] != var:
+            continue
+        preds = predictions.get(r["run_id"], [])
+        val = [p["risk"] for p in preds if p["part"] == "val"]
+        if not val:
+            continue
+        cut = float(np.median(val))
+        for p in preds:
+            if p["part"] == "test":
+                time.append(float(p["time"]))
+                event.append(bool(int(p["event"])))
+                high.append(p["risk"] > cut)
+    return np.array(time, dtype=float), np.array(event, dtype=bool), np.array(high, dtype=bool)
+
+
+_KM_GROUPS = ((False, "low risk", "C0"), (True, "high risk", "C3"))
+
+
+def _km_panel(ax, risk_ax, t: np.ndarray, e: np.ndarray, h: np.ndarray, xlabel: str) -> None:
+    """One Kaplan–Meier panel and its numbers-at-risk row below it."""
     from sksurv.compare import compare_survival
     from sksurv.nonparametric import kaplan_meier_estimator
 
+    for group, name, color in _KM_GROUPS:
+        sel = h == group
+        if sel.any():
+            x, y = kaplan_meier_estimator(e[sel], t[sel])
+            ax.step(np.r_[0.0, x], np.r_[1.0, y], where="post", color=color, label=f"{name} (n={int(sel.sum())})")
+    label = ""
+    if 0 < h.sum() < len(h) and e.any():
+        y_struct = np.array(list(zip(e, t)), dtype=[("event", bool), ("time", float)])
+        _, p = compare_survival(y_struct, h.astype(int))
+        label = f"log-rank p={p:.2g}"
+    from matplotlib.ticker import MaxNLocator
+
+    hi = float(t.max()) * 1.02
+    ticks = np.array([v for v in MaxNLocator(nbins=5).tick_values(0.0, hi) if 0.0 <= v <= hi])
+    ax.set_xlim(0, hi)
+    ax.set_xticks(ticks)  # fixed: the counts below stay under their ticks whatever the layout
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("survival")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, title=label, title_fontsize=7)
+    risk_ax.sharex(ax)
+    risk_ax.set_ylim(-0.5, 1.5)
+    risk_ax.set_yticks([1, 0], ["low", "high"], fontsize=7)
+    risk_ax.tick_params(axis="x", bottom=False, labelbottom=False)
+    risk_ax.tick_params(axis="y", left=False)
+    for spine in risk_ax.spines.values():
+        spine.set_visible(False)
+    risk_ax.set_title("number at risk", fontsize=7, loc="left")
+    for group, _, color in _KM_GROUPS:
+        for x, n in zip(ticks, numbers_at_risk(t[h == group], ticks)):
+            risk_ax.text(x, 0 if group else 1, str(int(n)), ha="center", va="center", fontsize=7, color=color)
+
+
+def km_figure(rows: list[dict[str, Any]], config: CompareConfig, predictions: dict[str, list[dict[str, Any]]]):
+    """The Kaplan–Meier figure (a matplotlib Figure), or None when no run has test predictions."""
     plt = _plt()
     aggs, variants = config.aggregators, config.variants
-    fig, axes = plt.subplots(len(aggs), len(variants), figsize=(4.2 * len(variants), 3.6 * len(aggs)), squeeze=False)
+    column = config.cohort.time_column
+    unit = time_unit(column)
+    xlabel = f"time ({unit})" if unit else column
+    fig, axes = plt.subplots(2 * len(aggs), len(variants), figsize=(4.2 * len(variants), 4.4 * len(aggs)),
+                             height_ratios=[3.2, 0.8] * len(aggs), squeeze=False, layout="constrained")
     drawn = False
     for i, agg in enumerate(aggs):
         for j, var in enumerate(variants):
-            ax = axes[i][j]
-            time, event, high = [], [], []
-            for r in with_status(rows):
-                if r["aggregator"] != agg.id or r["variant"] != var.name:
-                    continue
-                preds = predictions.get(r["run_id"], [])
-                val = [p["risk"] for p in preds if p["part"] == "val"]
-                if not val:
-                    continue
-                cut = float(np.median(val))
-                for p in preds:
-                    if p["part"] == "test":
-                        time.append(float(p["time"]))
-                        event.append(bool(int(p["event"])))
-                        high.append(p["risk"] > cut)
+            ax, risk_ax = axes[2 * i][j], axes[2 * i + 1][j]
             ax.set_title(f"{agg.id} / {var.name}", fontsize=9)
-            if not time:
+            t, e, h = _km_groups(rows, agg.id, var.name, predictions)
+            if not t.size:
                 ax.axis("off")
+                risk_ax.axis("off")
                 continue
-            t, e, h = np.array(time), np.array(event), np.array(high)
-            for group, name, color in ((False, "low risk", "C0"), (True, "high risk", "C3")):
-                sel = h == group
-                if sel.sum() == 0:
-                    continue
-                x, y = kaplan_meier_estimator(e[sel], t[sel])
-                ax.step(x, y, where="post", color=color, label=f"{name} (n={int(sel.sum())})")
-            label = ""
-            if 0 < h.sum() < len(h) and e.any():
-                y_struct = np.array(list(zip(e, t)), dtype=[("event", bool), ("time", float)])
-                _, p = compare_survival(y_struct, h.astype(int))
-                label = f"log-rank p={p:.2g}"
-            ax.set_xlabel("time")
-            ax.set_ylabel("survival")
-            ax.set_ylim(0, 1.02)
-            ax.legend(fontsize=7, title=label, title_fontsize=7)
+            _km_panel(ax, risk_ax, t, e, h, xlabel)
             drawn = True
     if not drawn:
-        _plt().close(fig)
+        plt.close(fig)
         return None
-    fig.suptitle("test cases by predicted risk (cut at each run's validation median), pooled over runs")
-    return _save(fig, path)
+    fig.suptitle("test cases by predicted risk (cut at each run's validation median), pooled over runs", fontsize=10)
+    return fig
+
+
+def plot_km(rows: list[dict[str, Any]], config: CompareConfig, predictions: dict[str, list[dict[str, Any]]],
+            path: Path) -> Path | None:
+    """Kaplan–Meier of test cases in high / low predicted risk (split at the validation median),
+    with the numbers at risk under each panel."""
+    fig = km_figure(rows, config, predictions)
+    return None if fig is None else _save(fig, path)
 
 
 def plot_all(rows: list[dict[str, Any]], config: CompareConfig, predictions: dict[str, list[dict[str, Any]]],
