@@ -1,12 +1,13 @@
 """Prediction tasks: classification and survival (targets, losses, metrics)."""
 from __future__ import annotations
 
-from .base import Task, stack_logits
+from .base import TIE_RTOL, Task, stack_logits, tie_ranks
 from .classification import ClassificationTask, classification_metrics
 from .survival import SurvivalTargets, SurvivalTask, c_index, hazard_nll, risk_from_logits
 
 __all__ = ["Task", "ClassificationTask", "SurvivalTask", "SurvivalTargets", "classification_metrics",
-           "c_index", "hazard_nll", "risk_from_logits", "stack_logits", "task_for_cohort"]
+           "c_index", "hazard_nll", "risk_from_logits", "stack_logits", "task_for_cohort", "tie_ranks",
+           "TIE_RTOL"]
 
 
 def task_for_cohort(cohort, n_bins: int = 4) -> Task:

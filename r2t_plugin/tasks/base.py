@@ -4,12 +4,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..bag import BagBatch, FeatureBag
 
-__all__ = ["Task", "stack_logits"]
+__all__ = ["Task", "stack_logits", "TIE_RTOL", "tie_ranks"]
+
+TIE_RTOL = 1e-6
+"""Scores closer than this, relative to the larger magnitude, are ties in every rank metric."""
 
 
 @runtime_checkable
@@ -44,3 +48,20 @@ def stack_logits(logits_list: Sequence[Tensor] | Tensor) -> Tensor:
     if not logits_list:
         raise ValueError("no logits to evaluate")
     return torch.cat([x.detach().float().cpu().reshape(-1, x.shape[-1]) for x in logits_list])
+
+
+def tie_ranks(scores: np.ndarray | Sequence[float], rtol: float = TIE_RTOL) -> np.ndarray:
+    """(n,) int64 dense ranks of ``scores`` in which values within ``rtol`` of each other tie.
+
+    Sorted neighbours ``a <= b`` with ``b - a <= rtol * max(|a|, |b|)`` share a rank (so a
+    chain of such neighbours forms one tie group); otherwise the order is kept exactly. Rank
+    metrics (AUC, C-index) computed on these ranks ignore float rounding noise: predictions
+    that are constant up to a few ulp give AUC 0.5, not an arbitrary number.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(s, kind="stable")
+    v = s[order]
+    gap = np.diff(v) > rtol * np.maximum(np.abs(v[1:]), np.abs(v[:-1]))
+    ranks = np.empty(s.shape, dtype=np.int64)
+    ranks[order] = np.concatenate([[0], np.cumsum(gap)]) if s.size else []
+    return ranks

@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from torch import Tensor
 
 from ..bag import BagBatch, FeatureBag
-from .base import stack_logits
+from .base import stack_logits, tie_ranks
 
 __all__ = ["ClassificationTask", "classification_metrics"]
 
@@ -20,7 +20,9 @@ def classification_metrics(logits: Tensor, labels: Tensor | Sequence[int], n_cla
     """AUC (binary, or macro one-vs-rest), balanced accuracy, accuracy and macro F1.
 
     Predictions are the argmax of the logits: no threshold is tuned on the evaluated set.
-    AUC is NaN when the set holds fewer than two classes.
+    AUC is NaN when the set holds fewer than two classes. Probabilities within a relative
+    :data:`~r2t_plugin.tasks.base.TIE_RTOL` of each other are ties (:func:`tie_ranks`), so
+    predictions that are constant up to float rounding give AUC 0.5.
     """
     y = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
     prob = torch.softmax(logits.float(), dim=1).numpy()
@@ -30,11 +32,9 @@ def classification_metrics(logits: Tensor, labels: Tensor | Sequence[int], n_cla
     auc = float("nan")
     if len(present) >= 2:
         if n_classes == 2:
-            auc = float(roc_auc_score(y, prob[:, 1]))
-        elif len(present) == n_classes:
-            auc = float(roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=classes))
-        else:  # macro over the classes present (one-vs-rest needs both sides)
-            auc = float(np.mean([roc_auc_score(y == c, prob[:, c]) for c in present]))
+            auc = float(roc_auc_score(y, tie_ranks(prob[:, 1])))
+        else:  # macro one-vs-rest (sklearn's "ovr" / "macro"), over the classes present
+            auc = float(np.mean([roc_auc_score(y == c, tie_ranks(prob[:, c])) for c in present]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
         bacc = float(balanced_accuracy_score(y, pred))

@@ -21,7 +21,7 @@ from sksurv.util import Surv
 from torch import Tensor
 
 from ..bag import BagBatch, FeatureBag
-from .base import stack_logits
+from .base import stack_logits, tie_ranks
 
 __all__ = ["SurvivalTargets", "SurvivalTask", "c_index", "hazard_nll", "risk_from_logits",
            "survival_from_logits"]
@@ -62,13 +62,16 @@ def hazard_nll(logits: Tensor, bins: Tensor, event: Tensor) -> Tensor:
 
 def c_index(time: Sequence[float] | np.ndarray, event: Sequence[int] | np.ndarray,
             risk: Sequence[float] | np.ndarray) -> float:
-    """Harrell's concordance index (scikit-survival); NaN when no pair is comparable."""
+    """Harrell's concordance index (scikit-survival); NaN when no pair is comparable.
+
+    Risks within a relative :data:`~r2t_plugin.tasks.base.TIE_RTOL` of each other are ties
+    (:func:`~r2t_plugin.tasks.base.tie_ranks`): a constant prediction gives 0.5."""
     e = np.asarray(event).astype(bool)
     if not e.any():
         return float("nan")
     try:
         return float(concordance_index_censored(e, np.asarray(time, dtype=float),
-                                                np.asarray(risk, dtype=float))[0])
+                                                tie_ranks(risk).astype(float))[0])
     except (ValueError, ZeroDivisionError):
         return float("nan")
 
@@ -132,7 +135,8 @@ class SurvivalTask:
     def metrics(self, logits_list: Sequence[Tensor] | Tensor, targets: SurvivalTargets) -> dict[str, float]:
         """``c_index`` (Harrell), ``c_index_ipcw`` (Uno, censoring from the training set,
         truncated at the last uncensored training time) and ``ibs`` (integrated Brier score
-        over the 10th-80th percentiles of the evaluated times); NaN where not computable."""
+        over the 10th-80th percentiles of the evaluated times); NaN where not computable.
+        Both concordances rank tie-aware risks (:func:`~r2t_plugin.tasks.base.tie_ranks`)."""
         self._need_fit()
         logits = stack_logits(logits_list)
         time = targets.time.numpy().astype(float)
@@ -143,7 +147,8 @@ class SurvivalTask:
         y_train, y_test = Surv.from_arrays(train_e, train_t), Surv.from_arrays(event, time)
         try:
             tau = float(train_t[train_e].max())
-            out["c_index_ipcw"] = float(concordance_index_ipcw(y_train, y_test, risk, tau=tau)[0])
+            out["c_index_ipcw"] = float(concordance_index_ipcw(y_train, y_test, tie_ranks(risk).astype(float),
+                                                                 tau=tau)[0])
         except (ValueError, ZeroDivisionError):
             pass
         grid = np.unique(np.percentile(time, np.linspace(10, 80, 15)))

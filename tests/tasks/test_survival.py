@@ -146,3 +146,17 @@ def test_fit_learns_a_synthetic_survival_cohort(tmp_path):
     trained_on = evaluate(model, task, train)[0]["c_index"]  # fit() leaves the selected model loaded
     assert trained_on > 0.75
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_c_index_of_risks_constant_up_to_rounding_is_one_half():
+    """Risks equal up to float noise (ordered like the times): both concordances are 0.5."""
+    time = np.arange(1.0, 13.0)
+    event = np.ones(12, dtype=int)
+    risk = -2.0 + (12 - time) * 1e-7  # would be perfectly concordant if the noise counted
+    assert c_index(time, event, risk) == 0.5
+    assert c_index(time, event, -time) == 1.0  # distinct risks keep their exact order
+    train = [FeatureBag(torch.zeros(1, 1), time=float(t), event=1) for t in range(1, 21)]
+    task = SurvivalTask(4).fit(train)
+    logits = torch.zeros(12, 4) + torch.arange(12, dtype=torch.float32).unsqueeze(1) * 1e-7
+    m = task.metrics(logits, SurvivalTargets(torch.tensor(time, dtype=torch.float32), torch.ones(12, dtype=torch.long)))
+    assert m["c_index"] == 0.5 and m["c_index_ipcw"] == 0.5
