@@ -6,6 +6,7 @@ level-0 coordinates). The index shows them in a grid with the true and predicted
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 from dataclasses import dataclass, replace
@@ -22,7 +23,9 @@ from .runs import RunTestSplit
 from .scores import HeatmapError, score_bag
 from .slide import check_bag, draw_slide
 
-__all__ = ["BatchItem", "run_batch", "write_index"]
+__all__ = ["BatchItem", "png_names", "run_batch", "write_index"]
+
+_NAME_KEEP = 100  # characters of a slide id kept in its PNG name
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,29 @@ def _truth(bag, spec) -> str:
     return f"{bag.time:g} ({'event' if bag.event else 'censored'})"
 
 
+def png_names(slide_ids: list[str]) -> dict[str, str]:
+    """A distinct PNG file name per slide id: the id itself where it is a safe file name,
+    else its safe form plus a short hash of the id (``case-004 α`` and ``case-004 β`` both
+    sanitise to ``case-004-``). Names equal but for letter case (one file on macOS or
+    Windows) and very long ids get the hash too."""
+    safe = {s: safe_name(s) for s in dict.fromkeys(slide_ids)}
+    folded: dict[str, int] = {}
+    for name in safe.values():
+        folded[name.lower()] = folded.get(name.lower(), 0) + 1
+    out = {}
+    for sid, name in safe.items():
+        if name != sid or folded[name.lower()] > 1 or len(name) > _NAME_KEEP:
+            name = f"{name[:_NAME_KEEP]}-{hashlib.sha256(sid.encode('utf-8')).hexdigest()[:8]}"
+        out[sid] = f"{name}.png"
+    return out
+
+
 def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: str | os.PathLike,
               wsi_dir: str | os.PathLike | None = None, *, max_size: int = 2048) -> list[BatchItem]:
     """Draw every slide of ``split``'s test cases with ``model`` into ``out_dir`` and write the index."""
     out_dir = Path(out_dir)
     items: list[BatchItem] = []
+    names = png_names([s for c in split.cases for s in split.cohort.slides(c)])
     for case_id in split.cases:
         bag = split.cohort.load_case(case_id)
         check_bag(bag, spec, f"case {case_id!r}")
@@ -68,7 +89,7 @@ def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: s
                         raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
                     thumb = read_thumbnail(path, max_size)
                     check_fits(coords, bag.patch_size, thumb, f"slide {slide_id!r}")
-                png = f"{safe_name(slide_id)}.png"
+                png = names[slide_id]
                 draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
                            f"{slide_id} (case {case_id})", out_dir / png, thumb, max_size=max_size)
                 items.append(replace(item, png=png))

@@ -80,3 +80,42 @@ def test_batch_needs_a_compare_run(tmp_path, capsys) -> None:
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(spec).state_dict(), spec)
     assert main(["heatmap", "--checkpoint", str(ckpt), "--test-split", "-o", str(tmp_path / "o")]) == 2
     assert "needs a run of r2t compare" in capsys.readouterr().err
+
+
+def test_slide_ids_that_sanitise_alike_get_their_own_png(tmp_path) -> None:
+    """``case-004 α`` and ``case-004 β`` both sanitise to ``case-004-``: each keeps its own PNG."""
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    from r2t_plugin.data import Cohort
+    from r2t_plugin.heatmap.batch import png_names, run_batch
+    from r2t_plugin.heatmap.runs import RunTestSplit
+
+    feats = tmp_path / "features"
+    feats.mkdir()
+    slides = {"case-004 α": 4, "case-004 β": 9, "CASE-5": 4, "case-5": 4}
+    for sid, n in slides.items():
+        side = int(np.ceil(np.sqrt(n)))
+        coords = np.array([(i % side, i // side) for i in range(n)], dtype=np.int64) * 256
+        with h5py.File(feats / f"{sid}.h5", "w") as f:
+            f["features"] = np.random.default_rng(n).standard_normal((n, 8)).astype(np.float32)
+            f.create_dataset("coords", data=coords).attrs["patch_size"] = 256
+    pd.DataFrame({"case_id": ["c4", "c4", "c5", "c6"], "slide_id": list(slides),
+                  "label": [0, 0, 1, 1]}).to_csv(tmp_path / "cohort.csv", index=False)
+    cohort = Cohort(tmp_path / "cohort.csv", feats, label_col="label")
+    spec = ModelSpec("abmil", 8, 2, options={"dim": 16}, classes=("0", "1"))
+    torch.manual_seed(0)
+    items = run_batch(build_model(spec).eval(), spec, RunTestSplit(tmp_path, ("c4", "c5", "c6"), cohort),
+                      tmp_path / "maps")
+    assert [i.error for i in items] == [None] * 4
+    pngs = {i.slide_id: i.png for i in items}
+    assert len(set(pngs.values())) == 4 and len({p.lower() for p in pngs.values()}) == 4
+    assert pngs == png_names(list(slides))
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.png")) == sorted(pngs.values())
+    shapes = {sid: read_png(tmp_path / "maps" / png).shape for sid, png in pngs.items()}
+    assert shapes["case-004 α"] != shapes["case-004 β"]  # each file holds its own slide (2x2 vs 3x3 patches)
+    page = (tmp_path / "maps" / "index.html").read_text()
+    assert all(f'<img src="{png}"' in page for png in pngs.values())
+    assert png_names(["TCGA-AB-01", "x" * 300])["TCGA-AB-01"] == "TCGA-AB-01.png"  # safe ids stay readable
+    assert len(png_names(["x" * 300])["x" * 300]) < 120
