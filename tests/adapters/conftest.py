@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 STAGE = dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)
@@ -21,3 +22,14 @@ def grads_reach(wrapped: torch.nn.Module) -> tuple[bool, bool]:
         return any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in ps)
 
     return hit(wrapped.stage.parameters()), hit(wrapped.inner.parameters())
+
+
+@pytest.fixture
+def batch():
+    """Two bags of 9 and 5 instances (D = 12) padded to 9, on a 3-column grid of 256 px."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 12)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    coords = (torch.stack([torch.arange(9) % 3, torch.arange(9) // 3], 1) * 256.0).expand(2, -1, -1)
+    return x, mask, coords

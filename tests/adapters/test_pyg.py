@@ -66,3 +66,48 @@ def test_pyg_gradients_and_state_dict(graphs):
     other.load_state_dict(roundtrip(wrapped))
     wrapped.eval(), other.eval()
     torch.testing.assert_close(other(both), wrapped(both))
+
+
+class PlainGraphMIL(GraphMIL):
+    """The same model with an unannotated ``forward(self, g)``: recognised at call time."""
+
+    def forward(self, g):
+        return super().forward(g)
+
+
+def test_graph_argument_recognised_whatever_its_name(graphs):
+    both, alone = graphs
+    torch.manual_seed(0)
+    model = PlainGraphMIL().eval()
+    assert isinstance(with_r2t(model, stage="identity"), PygWrapper)
+    assert torch.equal(with_r2t(model, stage="identity")(both), model(both))
+    wrapped = with_r2t(model, layout="coords", **STAGE).eval()
+    out = wrapped(both)
+    assert not torch.allclose(out, model(both))
+    torch.testing.assert_close(wrapped(alone)[0], out[1], rtol=1e-5, atol=1e-5)
+    ref = with_r2t(GraphMIL(), layout="coords", **STAGE).eval()
+    ref.load_state_dict(wrapped.state_dict())  # same as the model whose argument is named data
+    torch.testing.assert_close(ref(both), out)
+
+
+class TensorGraphMIL(GraphMIL):
+    """A model with a PyG layer that takes one bag's tensor (1, N, D) (a ring graph)."""
+
+    def forward(self, x):
+        h = self.fc(x[0])
+        n = h.shape[0]
+        ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+        return self.head(torch.relu(self.conv(h, ring)).mean(0, keepdim=True))
+
+
+def test_tensor_argument_goes_the_generic_way():
+    torch.manual_seed(0)
+    model = TensorGraphMIL().eval()
+    x = torch.randn(1, 10, D)
+    wrapped = with_r2t(model, **STAGE).eval()
+    assert isinstance(wrapped, PygWrapper) and wrapped.hook_path == "fc"
+    torch.testing.assert_close(with_r2t(model, stage="identity")(x), model(x))
+    stage_out = wrapped.stage(model.fc(x))
+    want = model.head(torch.relu(model.conv(stage_out[0], torch.stack([torch.arange(10), (torch.arange(10) + 1) % 10])))
+                      .mean(0, keepdim=True))
+    torch.testing.assert_close(wrapped(x), want)

@@ -15,16 +15,6 @@ from .conftest import STAGE, grads_reach, roundtrip  # noqa: E402
 D = 12
 
 
-@pytest.fixture
-def batch():
-    torch.manual_seed(0)
-    x = torch.randn(2, 9, D)
-    mask = torch.ones(2, 9, dtype=torch.bool)
-    mask[1, 5:] = False
-    coords = (torch.stack([torch.arange(9) % 3, torch.arange(9) // 3], 1) * 256.0).expand(2, -1, -1)
-    return x, mask, coords
-
-
 def dense_adj(coords: torch.Tensor, n: int) -> torch.Tensor:
     adj = torch.zeros(n, n)
     e = grid_edges(coords[:n])
