@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lean import dropout
 from .regions import Regions
 
 __all__ = ["RegionAttention", "CrossRegionAttention", "region_attention", "gather_slots", "gather_tokens"]
@@ -141,7 +142,7 @@ class _RegionAttention(torch.autograd.Function):
             w_c = None if w is None else w.to(dt)
             out = h.new_empty(t, c, dtype=dt)
             lse = []
-            for idx, act, n, p, pos, tok in _chunks(regions, chunk_tokens):
+            for idx, act, n, p, pos, tok, _ in regions.chunks(chunk_tokens):
                 _, q_rows, kv_rows = _project(h.index_select(0, tok), ln, wt, b, pos, n * p,
                                               regions.pads_active, eps, dt)
                 kv = kv_rows.view(n, p, 2, heads, -1)
@@ -178,7 +179,7 @@ class _RegionAttention(torch.autograd.Function):
         w_c = None if w is None else w.detach().to(dt)
         ln = None if ln_w is None else (ln_w.detach().requires_grad_(need_ln), ln_b.detach().requires_grad_(need_ln))
         with torch.autocast(h.device.type, enabled=False):
-            for i, (idx, act, n, p, pos, tok) in enumerate(_chunks(regions, ctx.chunk_tokens)):
+            for i, (idx, act, n, p, pos, tok, _) in enumerate(regions.chunks(ctx.chunk_tokens)):
                 go = _heads(_take(grad_out, idx), n, p, heads)
                 mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
                 h_rows = h.index_select(0, tok).requires_grad_(need_h)
@@ -242,24 +243,6 @@ class _RegionAttention(torch.autograd.Function):
                 None if grad_w is None else grad_w.to(w.dtype), None, None, None, None)
 
 
-def _chunks(regions: Regions, chunk_tokens: int):
-    """Every chunk of regions: (slot tokens, slot active, regions n, slots per region p,
-    positions in the chunk of its slots holding a token (None: all of them), those tokens)."""
-    slots, active, at = regions.slots, regions.slot_active, regions.fill_offsets
-    for (s, e, p), off in zip(regions.groups, regions.offsets()):
-        step = max(1, chunk_tokens // p)
-        for r0 in range(0, e - s, step):
-            n = min(step, e - s - r0)
-            a, b = off + r0 * p, off + (r0 + n) * p
-            idx = slots[a:b]
-            ta, tb = at[s + r0], at[s + r0 + n]
-            if tb - ta == n * p:
-                yield idx, active[a:b], n, p, None, idx
-            else:
-                real = regions.real_slots[ta:tb]
-                yield idx, active[a:b], n, p, real - a, slots[real]
-
-
 def region_attention(h: Tensor, norm: nn.LayerNorm | None, weight: Tensor, bias: Tensor, w: Tensor | None,
                      regions: Regions, heads: int, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
     """(T, C) tokens -> (T, C) attention output inside regions, with ``qkv = LN(h) W^T + b``.
@@ -302,7 +285,7 @@ class RegionAttention(nn.Module):
         storing its output) -> (T, C) attention output (not residual)."""
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
         o = region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
-        return self.drop(self.proj(o))
+        return dropout(self.proj(o), self.drop)  # keeps a bool mask, not a float one
 
 
 class CrossRegionAttention(nn.Module):

@@ -20,8 +20,10 @@ official grid or an unmasked sequence batch); using it needs none.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +31,28 @@ from torch import Tensor
 
 from ..geometry import batched_grid_cells, infer_patch_sizes
 
-__all__ = ["Regions", "official_regions", "sequence_regions", "coords_regions", "RegionError"]
+__all__ = ["Regions", "Chunk", "official_regions", "sequence_regions", "coords_regions", "RegionError"]
 
 _KEY = 1 << 40  # bag stride of the window / cell keys
 
 
 class RegionError(ValueError):
     """Instances that cannot be placed into regions (e.g. two in one grid cell)."""
+
+
+class Chunk(NamedTuple):
+    """Consecutive regions of one size, attended together: ``idx`` (n * p,) the token of
+    each slot (T = empty), ``active`` (n * p,) bool, ``n`` regions of ``p`` slots, ``pos``
+    the positions in the chunk of the slots holding a token (None: all of them), ``tok``
+    those tokens, ``first`` the chunk's first region."""
+
+    idx: Tensor
+    active: Tensor
+    n: int
+    p: int
+    pos: Tensor | None
+    tok: Tensor
+    first: int
 
 
 @dataclass(eq=False)
@@ -113,6 +130,21 @@ class Regions:
         for f in self.fill:
             out.append(out[-1] + f)
         return out
+
+    def chunks(self, chunk_tokens: int) -> Iterator[Chunk]:
+        """The regions in order, cut into chunks of at most ``chunk_tokens`` slots (at least one region)."""
+        slots, active, at = self.slots, self.slot_active, self.fill_offsets
+        for (s, e, p), off in zip(self.groups, self.offsets()):
+            step = max(1, chunk_tokens // p)
+            for r0 in range(s, e, step):
+                n = min(step, e - r0)
+                a, b = off + (r0 - s) * p, off + (r0 - s + n) * p
+                idx = slots[a:b]
+                if at[r0 + n] - at[r0] == n * p:
+                    yield Chunk(idx, active[a:b], n, p, None, idx, r0)
+                else:
+                    real = self.real_slots[at[r0] : at[r0 + n]]
+                    yield Chunk(idx, active[a:b], n, p, real - a, slots[real], r0)
 
     def offsets(self) -> list[int]:
         """Start of each group in :attr:`slots`."""
@@ -320,6 +352,7 @@ def _raise_duplicate(mask: Tensor, cells: Tensor, coords: Tensor, ps: Tensor,
             name = bag_names[i] if bag_names else f"bag {i} of the batch"
             raise RegionError(
                 f"{name}: two instances fall into one grid cell (instances {a} at {coords[i, a].tolist()} "
-                f"and {c} at {coords[i, c].tolist()}) with patch_size {float(ps[i]):g}; check the "
-                "coordinates and the patch size (coords must be level-0 top-left corners)"
+                f"and {c} at {coords[i, c].tolist()}) with grid cell {float(ps[i]):g}; check the "
+                "coordinates and the patch size (coords must be level-0 top-left corners; for overlapping "
+                "patches the cell is the stride: FeatureBag.grid_step)"
             )

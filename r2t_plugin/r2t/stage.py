@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import make_activation
+from . import lean
 from .attention import CHUNK_TOKENS, CrossRegionAttention, RegionAttention
 from .regions import Regions, coords_regions, official_regions, sequence_regions
 
@@ -219,7 +220,7 @@ class R2T(nn.Module):
         flat = x.reshape(b * n, x.shape[-1])
         if regions.tokens is not None:
             flat = flat.index_select(0, regions.tokens)
-        h = self.proj(flat) if self.proj is not None else flat
+        h = lean.projection(self.proj, flat) if self.proj is not None else flat
         h = self._encode(h, regions, cr, per_bag=self.mode != "official")
         if regions.tokens is None:
             out = h.reshape(b, n, h.shape[-1])

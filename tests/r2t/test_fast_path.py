@@ -256,3 +256,37 @@ def test_module_backward_hooks_still_work():
         layer.register_full_backward_hook(lambda mod, gin, gout: seen.append(mod))
     model(torch.randn(300, 12)).sum().backward()
     assert len(seen) == 2
+
+
+def _saved(fn):
+    """(result, dtypes and shapes of the tensors autograd saves while running fn)."""
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append((t.dtype, tuple(t.shape))) or t, lambda t: t):
+        out = fn()
+    return out, seen
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_lean_dropout_same_values_and_gradients_as_nn_dropout(relu):
+    """r2t/lean.py: the random numbers, outputs and gradients of ReLU -> Dropout and of
+    Dropout, but only the output (resp. a bool mask) is kept for the backward."""
+    from r2t_plugin.r2t import lean
+
+    act, drop = torch.nn.ReLU(), torch.nn.Dropout(0.3).train()
+    z0 = torch.randn(500, 64)
+    results = []
+    for fast in (True, False):
+        z = z0.clone().requires_grad_()
+        torch.manual_seed(7)
+        if relu:
+            out, saved = _saved(lambda: lean.relu_dropout(z * 1, act, drop) if fast else drop(act(z * 1)))
+        else:
+            out, saved = _saved(lambda: lean.dropout(z * 1, drop) if fast else drop(z * 1))
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+        results.append((out.detach(), z.grad, saved))
+    (o1, g1, s1), (o2, g2, s2) = results
+    assert torch.equal(o1, o2) and torch.equal(g1, g2)
+    big = [s for s in s1 if s[1] == (500, 64)]
+    assert big == ([(torch.float32, (500, 64))] if relu else [(torch.bool, (500, 64))])
+    nn_big = [s for s in s2 if s[1] == (500, 64)]
+    assert len(nn_big) == (2 if relu else 1) and all(d == torch.float32 for d, _ in nn_big)  # nn's way keeps more
