@@ -68,8 +68,9 @@ class FailedPlugin:
 class Registry:
     """Named factories of one kind (``"stages"``, ``"aggregators"`` or ``"readers"``)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, failed: list[FailedPlugin] | None = None) -> None:
         self.kind = kind
+        self.failed = failed if failed is not None else []  # the manager's load failures
         self._factories: dict[str, Callable] = {}
         self._providers: dict[str, str] = {}
         self._clashes: dict[str, list[str]] = {}
@@ -108,8 +109,19 @@ class Registry:
             raise self._clash_error(name)
         if name not in self._factories:
             known = ", ".join(self.names()) or "(none)"
-            raise KeyError(f"unknown {self.kind[:-1]} {name!r}; registered: {known}")
+            raise KeyError(f"unknown {self.kind[:-1]} {name!r}{self.why_missing(name)}; registered: {known}")
         return self._factories[name]
+
+    def why_missing(self, name: str) -> str:
+        """``" (plugin 'x' (provider) failed to load: error)"`` for an unregistered ``name``:
+        the failed plugin whose name prefixes it (``torchmil`` for ``torchmil.ABMIL``), else
+        every plugin that failed, as a maybe; ``""`` when none failed."""
+        if name in self._factories or not self.failed:
+            return ""
+        mine = [f for f in self.failed if name.startswith(f"{f.name}.")]
+        lead = " (" if mine else " (perhaps from a plugin that failed to load: "
+        return lead + "; ".join(f"plugin {f.name!r} ({f.provider}) failed to load: {f.error}"
+                                for f in mine or self.failed) + ")"
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Call the factory of ``name`` with ``kwargs``."""
@@ -162,9 +174,9 @@ class R2TPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(PROJECT)
         self.add_hookspecs(hookspecs)
-        self.registries = {kind: Registry(kind) for kind in KINDS}
-        self.providers: dict[str, str] = {}  # plugin name -> provider
         self.failed: list[FailedPlugin] = []
+        self.registries = {kind: Registry(kind, self.failed) for kind in KINDS}
+        self.providers: dict[str, str] = {}  # plugin name -> provider
 
     # -------------------------------------------------------------- loading
     def load_plugin(self, name: str, obj: Any, provider: str) -> bool:

@@ -1,6 +1,9 @@
 """The plugin manager: registries, entry-point discovery, failures, clashes, `r2t plugins`."""
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import re
 import sys
 import textwrap
 
@@ -183,3 +186,26 @@ def test_cli_lists_everything(capsys):
     out = capsys.readouterr().out
     for word in ("stages:", "aggregators:", "readers:", "adapters", "r2t ", "abmil", "builtin"):
         assert word in out
+
+
+def test_an_aggregator_of_a_plugin_that_failed_says_why(monkeypatch, tmp_path, capsys):
+    """torchmil missing: `r2t compare` and create_aggregator give the import error, not only
+    'not a registered aggregator'."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchmil" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "r2t_torchmil", raising=False)
+    pm = _manager(third_party=False)
+    monkeypatch.setattr(plugins, "_MANAGER", pm)
+    provider = f"r2t-plugin {importlib.metadata.version('r2t-plugin')}"
+    why = f"plugin 'torchmil' ({provider}) failed to load: ImportError: torchmil is not installed"
+    with pytest.raises(KeyError, match=re.escape(why)):
+        plugins.create_aggregator("torchmil.ABMIL", in_dim=4, n_out=2)
+    assert pm.registries["aggregators"].why_missing("abmil") == ""
+    assert pm.registries["aggregators"].why_missing("other").startswith(" (perhaps from a plugin that failed")
+    cfg = tmp_path / "compare.yaml"
+    cfg.write_text("cohort: {csv: cohort.csv, features: feats, task: classification}\n"
+                   "aggregators: [abmil, torchmil.ABMIL]\noutput: out\n")
+    assert cli.main(["compare", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"aggregators[1].name: 'torchmil.ABMIL' is not a registered aggregator ({why}" in err
+    assert "pip install 'r2t-plugin[torchmil]'" in err and "Traceback" not in err

@@ -6,7 +6,7 @@ Relative paths in the file are resolved against the file's folder. See
 
     cohort: {csv: cohort.csv, features: features/, task: classification}
     aggregators: [abmil, {name: transmil, options: {dim: 128}}]
-    variants: [{name: plain}, {name: r2t, r2t: {layout: coords}}]
+    variants: [{name: plain}, {name: r2t, r2t: {layout: coords}}]   # or: variants: ablation
     folds: 5
     seeds: [0, 1]
     training: {epochs: 20, lr: 2.0e-4}
@@ -27,6 +27,7 @@ import yaml
 from ..r2t.stage import R2T
 from ..train import TrainConfig, TrainConfigError
 from ..wrap import PLACEMENTS, with_r2t
+from .variants import ABLATION_KEYS, ablation_base, ablation_variants
 
 __all__ = ["ConfigError", "CohortConfig", "AggregatorConfig", "VariantConfig", "CompareConfig",
            "load_config", "parse_config", "TRAINING_KEYS", "STAGE_OPTIONS", "r2t_option_names"]
@@ -39,7 +40,10 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = list(problems)
-        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"{source}: {self.problems[0]}")
+        else:
+            super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class CohortConfig:
     skip_missing: bool = False
     cache: bool = False
     standardize: bool = False
+    case_column: str = "case_id"  # STAMP's tables: PATIENT
+    slide_column: str = "slide_id"  # STAMP's tables: FILENAME (with .h5)
+    mpp_column: str | None = None  # level-0 microns per pixel of each slide (STAMP's um coordinates)
+    encoder: str | None = None  # features_<encoder>/ of a TRIDENT job folder
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ class CompareConfig:
     cpus_per_run: float = 1.0  # engine ray: resources each run asks for
     gpus_per_run: float = 0.0
     retries: int = 1  # engine ray: attempts after a failed one
+    splits: tuple[Path, ...] | None = None  # CLAM splits_{i}.csv files, one fold each (else folds are made)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -217,7 +226,8 @@ def _path(base: Path, value: str) -> Path:
 
 def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
     keys = ["csv", "features", "task", "label_column", "classes", "time_column", "event_column",
-            "censorship_column", "format", "n_bins", "skip_missing", "cache", "standardize"]
+            "censorship_column", "format", "n_bins", "skip_missing", "cache", "standardize", "case_column",
+            "slide_column", "mpp_column", "encoder"]
     d = c.mapping(raw, "cohort", keys)
     csv = c.get(d, "csv", "cohort", (str,))
     feats = c.get(d, "features", "cohort", (str, list))
@@ -233,6 +243,8 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
         cache=c.get(d, "cache", "cohort", (bool,), False),
         standardize=c.get(d, "standardize", "cohort", (bool,), False),
+        **{k: c.get(d, k, "cohort", (str,), v) for k, v in (("case_column", "case_id"), ("slide_column", "slide_id"))},
+        **{k: c.get(d, k, "cohort", (str, type(None)), None) for k in ("mpp_column", "encoder")},
     )
     if task == "survival":
         if out["event_column"] and out["censorship_column"]:
@@ -248,6 +260,24 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
     if out["classes"] is not None:
         out["classes"] = tuple(str(x) for x in out["classes"])
     return CohortConfig(csv=_path(base, csv), features=folders, task=task, **out)
+
+
+def _splits(c: _Checker, raw: Any, base: Path) -> tuple[Path, ...] | None:
+    """``splits``: a folder of CLAM ``splits_{i}.csv`` files, or a list of them."""
+    from ..data.clam_splits import clam_split_files
+    from ..data.splits import SplitError
+
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
+        c.fail("splits", f"expected a folder of CLAM splits_{{i}}.csv files or a list of them, got {raw!r}")
+        return None
+    try:
+        return tuple(clam_split_files([_path(base, x) for x in items]))
+    except SplitError as exc:
+        c.fail("splits", str(exc))
+        return None
 
 
 def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
@@ -267,7 +297,8 @@ def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
         ident = c.get(d, "id", path, (str,), name)
         options = c.get(d, "options", path, (dict,), {})
         if name is not None and name not in known:
-            c.fail(f"{path}.name", f"{name!r} is not a registered aggregator; registered: {', '.join(known)}")
+            c.fail(f"{path}.name", f"{name!r} is not a registered aggregator"  # why, if a plugin failed to load
+                   f"{registry('aggregators').why_missing(name)}; registered: {', '.join(known)}")
             continue
         if name is not None:
             out.append(AggregatorConfig(id=ident, name=name, options=dict(options or {})))
@@ -277,25 +308,39 @@ def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
     return out
 
 
+def _r2t_options(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
+    """The valid keys of a mapping of R²T / with_r2t options (problems reported to ``c``)."""
+    d = c.mapping(raw, path, r2t_option_names())
+    d = {k: v for k, v in d.items() if k in STAGE_OPTIONS}
+    for key in d:
+        c.get(d, key, path, STAGE_OPTIONS[key][0], choices=STAGE_OPTIONS[key][1])
+    return d
+
+
+def _ablation(c: _Checker, raw: Any) -> dict[str, Any] | None:
+    """The shared R²T options of ``variants: ablation`` / ``{ablation: {...}}``; None otherwise."""
+    if (base := ablation_base(raw)) is None:
+        return None
+    base = _r2t_options(c, base, "variants.ablation")
+    for key in set(base) & set(ABLATION_KEYS):
+        c.fail(f"variants.ablation.{key}", "set by the ablation itself; remove it")
+    return base
+
+
 def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
     if raw is None:
         raw = [{"name": "plain"}, {"name": "r2t", "r2t": {}}]
+    if (base := _ablation(c, raw)) is not None:
+        return [VariantConfig(n, r) for n, r in ablation_variants(base)]
     if not isinstance(raw, list) or not raw:
-        c.fail("variants", "expected a non-empty list of variants like {name: r2t, r2t: {layout: coords}}")
+        c.fail("variants", "expected `ablation` or a non-empty list of variants like {name: r2t, r2t: {...}}")
         return []
-    allowed = r2t_option_names()
     out: list[VariantConfig] = []
     for i, item in enumerate(raw):
         path = f"variants[{i}]"
         d = c.mapping(item, path, ["name", "r2t"])
         name = c.get(d, "name", path, (str,))
-        r2t = None
-        if "r2t" in d:
-            r2t = c.mapping(d["r2t"], f"{path}.r2t", allowed)
-            r2t = {k: v for k, v in r2t.items() if k in allowed}
-            for key in r2t:
-                types, choices = STAGE_OPTIONS[key]
-                c.get(r2t, key, f"{path}.r2t", types, choices=choices)
+        r2t = _r2t_options(c, d["r2t"], f"{path}.r2t") if "r2t" in d else None
         if name is not None:
             out.append(VariantConfig(name=name, r2t=r2t))
     names = [v.name for v in out]
@@ -323,7 +368,7 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
     c = _Checker()
     top = ["cohort", "aggregators", "variants", "folds", "seeds", "val_fraction", "split_seed",
            "training", "device", "engine", "workers", "output", "address", "cpus_per_run", "gpus_per_run",
-           "retries"]
+           "retries", "splits"]
     d = c.mapping(data, "", top)
     base = Path(base_dir)
     for key in ("cohort", "aggregators"):
@@ -333,6 +378,10 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
     aggs = _aggregators(c, d["aggregators"]) if "aggregators" in d else []
     variants = _variants(c, d.get("variants"))
     folds = c.get(d, "folds", "", (int,), 5, lambda v: None if v >= 2 else f"must be >= 2, got {v}")
+    splits = _splits(c, d.get("splits"), base)
+    if splits and "folds" in d and folds != len(splits):
+        c.fail("folds", f"{folds}, but splits names {len(splits)} CLAM file(s), one fold each; remove folds")
+    folds = len(splits) if splits else folds
     seeds = c.get(d, "seeds", "", (list, int), [0])
     if isinstance(seeds, int):
         seeds = [seeds]
@@ -342,7 +391,8 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
         c.fail("seeds", f"seeds repeat: {seeds}")
     val_fraction = c.get(d, "val_fraction", "", (float,), 0.2,
                          lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}")
-    split_seed = c.get(d, "split_seed", "", (int,), 0)
+    split_seed = c.get(d, "split_seed", "", (int,), 0,
+                       lambda v: None if 0 <= v < 2**32 else f"must be in 0 .. 2**32 - 1 (numpy's seeds), got {v}")
     training = _training(c, d.get("training"))
     device = c.get(d, "device", "", (str,), "cpu",
                    lambda v: None if v == "cpu" or v.startswith("cuda") else f"{v!r} is not cpu, cuda or cuda:N")
@@ -361,7 +411,7 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
                          seeds=tuple(seeds), val_fraction=float(val_fraction), split_seed=split_seed,
                          training=training, device=device, engine=engine, workers=workers, output=_path(base, output),
                          address=address, cpus_per_run=float(cpus), gpus_per_run=float(gpus), retries=retries,
-                         raw=dict(data))
+                         splits=splits, raw=dict(data))
 
 
 def load_config(path: str | os.PathLike) -> CompareConfig:
