@@ -18,7 +18,7 @@ from torch import nn
 from ..data.wsi import WSIError, find_wsi, read_thumbnail
 from ..io import atomic_write_text, safe_name
 from ..models import ModelSpec
-from .render import check_fits
+from .render import CMAP, OVERLAY_ALPHA
 from .runs import RunTestSplit
 from .scores import HeatmapError, score_bag
 from .slide import check_bag, draw_slide
@@ -65,8 +65,10 @@ def png_names(slide_ids: list[str]) -> dict[str, str]:
 
 
 def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: str | os.PathLike,
-              wsi_dir: str | os.PathLike | None = None, *, max_size: int = 2048) -> list[BatchItem]:
-    """Draw every slide of ``split``'s test cases with ``model`` into ``out_dir`` and write the index."""
+              wsi_dir: str | os.PathLike | None = None, *, max_size: int = 2048, alpha: float = OVERLAY_ALPHA,
+              cmap: str = CMAP, top: int | None = None) -> list[BatchItem]:
+    """Draw every slide of ``split``'s test cases with ``model`` into ``out_dir`` and write the
+    index (with ``top``, each slide's top-k CSV next to its PNG)."""
     out_dir = Path(out_dir)
     items: list[BatchItem] = []
     names = png_names([s for c in split.cases for s in split.cohort.slides(c)])
@@ -88,10 +90,10 @@ def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: s
                     if path is None:
                         raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
                     thumb = read_thumbnail(path, max_size)
-                    check_fits(coords, bag.patch_size, thumb, f"slide {slide_id!r}")
                 png = names[slide_id]
                 draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
-                           f"{slide_id} (case {case_id})", out_dir / png, thumb, max_size=max_size)
+                           f"{slide_id} (case {case_id})", out_dir / png, thumb, unit=bag.meta.get("coord_unit", "px"),
+                           max_size=max_size, alpha=alpha, cmap=cmap, top=top, where=f"slide {slide_id!r}")
                 items.append(replace(item, png=png))
             except (WSIError, HeatmapError) as exc:
                 items.append(replace(item, error=str(exc)))

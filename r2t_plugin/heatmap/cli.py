@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,15 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PNG to write (one slide) or folder (with --test-split)")
     parser.add_argument("--size", type=int, default=2048, metavar="PX",
                         help="longest side of the slide image in pixels (default 2048)")
+    parser.add_argument("--alpha", type=float, default=0.4, metavar="A",
+                        help="opacity of the colours over the slide's tissue, in (0, 1] (default 0.4)")
+    parser.add_argument("--cmap", default="turbo", metavar="NAME",
+                        help="colour map: any matplotlib colormap name (default turbo)")
+    parser.add_argument("--top-k", type=int, metavar="K",
+                        help="also write each slide's K highest-scoring patches as <png name>_topK.csv "
+                             "(rank, patch, x, y in level-0 px, x_um, y_um for µm files, score)")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the Python traceback too (by default: one line)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw the heatmap(s); 0 on success, 1 if some slides of a batch failed, 2 on an error."""
+    """Draw the heatmap(s); 0 on success, 1 if some slides of a batch failed, 2 on an error
+    (told in one line; ``--debug`` adds the traceback)."""
     from ..bag import BagError
+    from ..data import CohortError, SplitError
     from ..data.readers import ReaderError
     from ..data.wsi import WSIError
+    from ..io import describe_os_error
+    from ..r2t.regions import RegionError
     from ..models import CheckpointError, load_checkpoint
     from .batch import run_batch
+    from .render import check_style
     from .runs import load_test_split, run_checkpoint
     from .scores import HeatmapError
     from .slide import slide_heatmap
@@ -54,21 +69,30 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 64:
         print(f"r2t heatmap: error: --size must be >= 64, got {args.size}", file=sys.stderr)
         return 2
+    if args.top_k is not None and args.top_k < 1:
+        print(f"r2t heatmap: error: --top-k must be >= 1, got {args.top_k}", file=sys.stderr)
+        return 2
+    style = {"alpha": args.alpha, "cmap": args.cmap, "top": args.top_k}
     t0 = time.perf_counter()
     try:
+        check_style(args.alpha, args.cmap)
         model, spec = load_checkpoint(run_checkpoint(args.checkpoint))
         if args.test_split:
             split = load_test_split(args.checkpoint)
-            items = run_batch(model, spec, split, args.output, args.wsi_dir, max_size=args.size)
+            items = run_batch(model, spec, split, args.output, args.wsi_dir, max_size=args.size, **style)
             failed = [i for i in items if i.error]
             for item in failed:
                 print(f"r2t heatmap: {item.slide_id}: {item.error}", file=sys.stderr)
             print(f"{len(items) - len(failed)} heatmaps and index.html in {args.output} "
                   f"({time.perf_counter() - t0:.1f} s)")
             return 1 if failed else 0
-        done = slide_heatmap(model, spec, args.features, args.output, args.wsi, max_size=args.size)
-    except (CheckpointError, HeatmapError, WSIError, ReaderError, BagError) as exc:
-        print(f"r2t heatmap: error: {exc}", file=sys.stderr)
+        done = slide_heatmap(model, spec, args.features, args.output, args.wsi, max_size=args.size, **style)
+    except (CheckpointError, HeatmapError, WSIError, ReaderError, BagError, RegionError, CohortError,
+            SplitError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"r2t heatmap: {message}", file=sys.stderr)
         return 2
-    print(f"{done.path} ({time.perf_counter() - t0:.1f} s)")
+    print(f"{done.path}" + (f" and {done.top_k}" if done.top_k else "") + f" ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -17,7 +17,7 @@ from torch import nn
 from ..bag import FeatureBag
 from ..models import ModelSpec
 
-__all__ = ["SlideScores", "HeatmapError", "score_bag"]
+__all__ = ["SlideScores", "HeatmapError", "score_bag", "top_k"]
 
 
 class HeatmapError(ValueError):
@@ -87,3 +87,9 @@ def score_bag(model: nn.Module, bag: FeatureBag, spec: ModelSpec) -> SlideScores
     if not bool(torch.isfinite(drawn).all()):
         raise HeatmapError(f"{spec.title}: instance scores contain NaN or Inf")
     return SlideScores(drawn.numpy(), scores.numpy(), logits.numpy(), predicted, probability, risk, row)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, highest first (ties: the earlier patch first)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return np.argsort(-scores, kind="stable")[:max(0, int(k))]

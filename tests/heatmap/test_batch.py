@@ -9,38 +9,19 @@ import torch
 from r2t_plugin.heatmap import load_test_split, run_checkpoint
 from r2t_plugin.models import CheckpointError, ModelSpec, build_model, load_checkpoint, save_checkpoint
 
-from .conftest import read_png
+from .conftest import finished_run, read_png
 
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     """A comparison's folder as r2t compare leaves it, with one (untrained) finished run."""
-    from r2t_plugin.compare.cell import model_spec, open_cohort
-    from r2t_plugin.compare.config import parse_config
-    from r2t_plugin.compare.grid import make_grid
-    from r2t_plugin.compare.manifest import build_manifest, write_manifest
-    from r2t_plugin.data import cohort_strata, load_or_make_folds
     from r2t_plugin.data.synthetic import SyntheticSpec, generate_cohort
 
     root = tmp_path_factory.mktemp("compare")
     data = generate_cohort(root / "data", SyntheticSpec(n_cases=8, dim=8, min_patches=20, max_patches=40,
                                                         two_slide_fraction=0.5, seed=3))
-    config = parse_config({
-        "cohort": {"csv": str(data.csv), "features": str(data.feature_dir), "task": "classification"},
-        "aggregators": [{"name": "abmil", "options": {"dim": 16}}],
-        "variants": [{"name": "plain"}, {"name": "r2t", "r2t": {"dim": 16, "heads": 2, "region_num": 2,
-                                                                  "layout": "coords"}}],
-        "folds": 2, "output": str(root / "out")}, root)
-    out = config.output
-    cohort = open_cohort(config.cohort)
-    write_manifest(out / "manifest.json", build_manifest(config, {}, extra={"cohort": {
-        "cases": len(cohort), "feature_dim": 8, "classes": list(cohort.classes)}}))
-    load_or_make_folds(out / "splits", cohort.case_ids, cohort_strata(cohort), 2, 0.2, 0)
-    cell = next(c for c in make_grid(config) if c.variant.name == "plain" and c.fold == 1)
-    torch.manual_seed(0)
-    spec = model_spec(cell, 8, 2, cohort)  # as the harness writes every run's best.pt
-    save_checkpoint(out / "runs" / cell.run_id / "best.pt", build_model(spec).state_dict(), spec)
-    return out, cell, cohort
+    return finished_run(root, {"csv": str(data.csv), "features": str(data.feature_dir),
+                               "task": "classification"}, 8)
 
 
 def test_run_folder_rebuilds_the_model(compare_run) -> None:
