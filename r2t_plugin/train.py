@@ -10,7 +10,8 @@ number, never before ``min_epochs``. The test bags are
 evaluated once, at the end, with the best checkpoint. Files in ``out_dir`` (all written
 atomically; the checkpoints are :mod:`r2t_plugin.checkpoint`'s):
 
-- ``log.csv``: one row per epoch (learning rate, train loss, validation loss and metrics);
+- ``log.csv``: one row per epoch (learning rate, train loss, validation loss and metrics,
+  seconds, and ``wait_seconds``: how long the epoch waited for data);
 - ``last.pt``: everything needed to resume an interrupted run (removed when it finishes);
 - ``best.pt``: the selected model, with its :class:`~r2t_plugin.models.ModelSpec` when
   ``fit`` is given one (then :func:`~r2t_plugin.models.load_checkpoint` rebuilds it);
@@ -20,6 +21,10 @@ Models are called as ``model(batch)`` with a :class:`~r2t_plugin.bag.BagBatch` (
 aggregator contract); models whose ``forward`` takes ``label``
 (:func:`~r2t_plugin.wrap.takes_label`) also get the labels during classification training
 (for instance losses). ``out.get("aux_loss", 0)`` is added to the task loss.
+
+Bags reach the model through :class:`~r2t_plugin.data.loader.BagLoader` (training,
+validation and test alike): ``num_workers`` threads read ahead, pinned for CUDA, copied on a
+side stream.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ import random
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ from torch import Tensor, nn
 
 from .bag import BagBatch, FeatureBag
 from .checkpoint import Progress, check_same_run, load_best, load_resume, save_best, save_resume
+from .data.loader import BagLoader, bag_targets, default_workers, waited
 from .io import atomic_write_text
 from .models import ModelSpec
 from .progress import ProgressBar
@@ -55,7 +62,7 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CHOICES = {"optimizer": tuple(_OPTIMIZERS), "amp": (None, *_AMP), "select": ("score", "loss")}
 # fields that do not change what is trained (allowed to differ when resuming)
-_RUNTIME_FIELDS = ("device", "num_threads", "progress", "resume")
+_RUNTIME_FIELDS = ("device", "num_threads", "num_workers", "progress", "resume")
 
 
 class TrainConfigError(ValueError):
@@ -75,8 +82,9 @@ class TrainConfig:
     always spans ``epochs``). ``select``: what picks the epoch on validation, ``"score"``
     (the task's metric, e.g. AUC, ties broken by lower loss) or ``"loss"``; ``smooth``: the
     mean of that value over the last ``smooth`` epochs is compared (1: the epoch alone). ``amp``: None, ``"bf16"`` or ``"fp16"`` autocast. ``num_threads``: torch
-    CPU threads during the run (None: unchanged). ``resume``: continue from ``last.pt`` /
-    return the finished ``result.json`` found in ``out_dir``.
+    CPU threads during the run (None: unchanged). ``num_workers``: threads reading bags ahead
+    (0: in the loop; None: :func:`~r2t_plugin.data.loader.default_workers`); results do not
+    depend on it. ``resume``: continue from ``last.pt`` / return the finished ``result.json``.
     """
 
     epochs: int = 20
@@ -93,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
+    num_workers: int | None = None
     progress: bool = True
     resume: bool = True
 
@@ -106,12 +115,18 @@ class TrainConfig:
             problems["patience"] = f"must be >= 1 (or None: never stop early), got {self.patience}"
         if not 0 <= self.min_epochs <= self.epochs:
             problems["min_epochs"] = f"must be in [0, epochs={self.epochs}], got {self.min_epochs}"
+        if self.num_workers is not None and self.num_workers < 0:
+            problems["num_workers"] = f"must be >= 0 (or None: chosen from the cohort size), got {self.num_workers}"
         if not self.lr > 0:
             problems["lr"] = f"must be > 0, got {self.lr}"
         if self.weight_decay < 0:
             problems["weight_decay"] = f"must be >= 0, got {self.weight_decay}"
         if problems:
             raise TrainConfigError(problems)
+
+    def workers_for(self, n_train: int) -> int:
+        """Loader threads of a run with ``n_train`` training bags (``num_workers`` or the rule)."""
+        return self.num_workers if self.num_workers is not None else default_workers(n_train)
 
 
 @dataclass
@@ -131,12 +146,15 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """Flat record: ``val_<metric>``, ``test_<metric>`` and the run figures."""
+        """Flat record: ``val_<metric>``, ``test_<metric>``, the run figures and the training
+        loss of the first and the last epoch (``train_loss_first``, ``train_loss_last``)."""
         out: dict[str, Any] = {f"val_{k}": v for k, v in self.val.items()}
         out.update({f"test_{k}": v for k, v in self.test.items()})
         out.update(monitor=self.monitor, epochs_run=self.epochs_run, best_epoch=self.best_epoch,
                    seconds=self.seconds, peak_memory_mb=self.peak_memory_mb,
-                   peak_memory_kind=self.peak_memory_kind, n_params=self.n_params)
+                   peak_memory_kind=self.peak_memory_kind, n_params=self.n_params,
+                   train_loss_first=self.history[0]["train_loss"] if self.history else math.nan,
+                   train_loss_last=self.history[-1]["train_loss"] if self.history else math.nan)
         return out
 
 
@@ -162,18 +180,6 @@ def _forward(model: nn.Module, batch: BagBatch, label: Tensor | None) -> dict[st
     return out
 
 
-def _to_device(batch: BagBatch, device: torch.device) -> BagBatch:
-    if device.type == "cuda":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch if device.type == "cpu" else batch.to(device)
-
-
-def _batches(bags: Sequence[FeatureBag], order: Sequence[int], size: int):
-    for start in range(0, len(order), size):
-        idx = order[start:start + size]
-        yield BagBatch.collate([bags[i] for i in idx])
-
-
 def _autocast(device: torch.device, amp: str | None):
     return torch.autocast(device.type, dtype=_AMP.get(amp), enabled=amp is not None)
 
@@ -182,28 +188,30 @@ def _cat_targets(parts: list[Any]) -> Any:
     """Concatenate per-batch targets: tensors, or dataclasses of tensors."""
     first = parts[0]
     if isinstance(first, Tensor):
-        return torch.cat(parts)
-    return type(first)(**{f: torch.cat([getattr(p, f) for p in parts]) for f in first.__dataclass_fields__})
+        return torch.cat(parts).cpu()
+    return type(first)(**{f.name: torch.cat([getattr(p, f.name) for p in parts]).cpu() for f in fields(first)})
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, bags: Sequence[FeatureBag], *, batch_size: int = 1,
-             device: str | torch.device = "cpu", amp: str | None = None) -> tuple[dict[str, float], Tensor]:
+             device: str | torch.device = "cpu", amp: str | None = None,
+             num_workers: int = 0) -> tuple[dict[str, float], Tensor]:
     """``(metrics with "loss", logits (n, n_out))`` of ``model`` on ``bags`` in eval mode."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     logits, losses, sizes, targets = [], [], [], []
+    loader = BagLoader(bags, batch_size=batch_size, num_workers=num_workers, device=device)
     try:
-        for batch in _batches(bags, list(range(len(bags))), batch_size):
-            targets.append(task.targets(batch))
-            batch = _to_device(batch, device)
-            with _autocast(device, amp):
-                out = _forward(model, batch, None)
-            z = out["logits"].float()
-            losses.append(float(task.loss(z, batch)))
-            sizes.append(len(batch))
-            logits.append(z.cpu())
+        with closing(loader.batches()) as batches:
+            for batch in batches:
+                targets.append(task.targets(batch))
+                with _autocast(device, amp):
+                    out = _forward(model, batch, None)
+                z = out["logits"].float()
+                losses.append(float(task.loss(z, batch)))
+                sizes.append(len(batch))
+                logits.append(z.cpu())
     finally:
         model.train(was_training)
     metrics = task.metrics(logits, _cat_targets(targets))
@@ -217,7 +225,7 @@ def _score(history: list[dict[str, float]], task: Task, cfg: TrainConfig) -> tup
     selected value (monitor or loss, averaged over the window; NaN worst), then the other."""
     def value(name: str, sign: float) -> float:
         v = float(np.mean([row.get(f"val_{name}", math.nan) for row in history[-cfg.smooth:]]))
-        return sign * v if math.isfinite(v) else -math.inf
+        return sign * round(v, 9) if math.isfinite(v) else -math.inf  # 0.88 and 0.88000000000000001 tie
 
     score, loss = value(task.monitor, 1.0 if task.higher_is_better else -1.0), value("loss", -1.0)
     full = float(len(history) >= cfg.smooth)
@@ -248,32 +256,47 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _train_epoch(model: nn.Module, task: Task, bags: Sequence[FeatureBag], cfg: TrainConfig, epoch: int,
-                 opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
-                 give_label: bool, where: Path) -> float:
-    """One pass over ``bags`` in an order seeded by (seed, epoch); the mean training loss."""
+def _checked(loss: Tensor, n: int, case_ids: Sequence[str | None], where: Path, epoch: int) -> float:
+    """``loss * n`` as a float; FloatingPointError naming the bags when it is not finite."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{where}: epoch {epoch}: non-finite loss {value} on bags {list(case_ids)}")
+    return value * n
+
+
+def _train_epoch(model: nn.Module, task: Task, loader: BagLoader, cfg: TrainConfig, epoch: int,
+                 opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, give_label: bool,
+                 where: Path) -> float:
+    """One pass over the loader's bags in an order seeded by (seed, epoch); the mean training
+    loss. On CPU a non-finite loss stops the run before its backward pass; on CUDA each loss
+    is checked once the next step is queued (no device sync per step)."""
     model.train()
+    device = loader.device
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    order = torch.randperm(len(bags), generator=gen).tolist()
+    order = torch.randperm(len(loader), generator=gen).tolist()
     n_batches = math.ceil(len(order) / cfg.batch_size)
-    total, seen = 0.0, 0
+    total, seen, pending = 0.0, 0, None
     opt.zero_grad(set_to_none=True)
-    for j, batch in enumerate(_batches(bags, order, cfg.batch_size)):
-        batch = _to_device(batch, device)
-        group = min(cfg.accumulation, n_batches - (j // cfg.accumulation) * cfg.accumulation)
-        with _autocast(device, cfg.amp):
-            res = _forward(model, batch, batch.label if give_label else None)
-            loss = task.loss(res["logits"], batch) + res.get("aux_loss", 0)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{where}: epoch {epoch}: non-finite loss {float(loss)} on bags "
-                                     f"{list(batch.case_ids)}")
-        scaler.scale(loss / group).backward()
-        if (j + 1) % cfg.accumulation == 0 or j == n_batches - 1:
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-        total += float(loss.detach()) * len(batch)
-        seen += len(batch)
+    with closing(loader.batches(order)) as batches:
+        for j, batch in enumerate(batches):
+            group = min(cfg.accumulation, n_batches - (j // cfg.accumulation) * cfg.accumulation)
+            with _autocast(device, cfg.amp):
+                res = _forward(model, batch, batch.label if give_label else None)
+                loss = task.loss(res["logits"], batch) + res.get("aux_loss", 0)
+            step = (loss.detach(), len(batch), batch.case_ids, where, epoch)
+            if device.type != "cuda":
+                total += _checked(*step)
+            scaler.scale(loss / group).backward()
+            if (j + 1) % cfg.accumulation == 0 or j == n_batches - 1:
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                total += _checked(*pending) if pending is not None else 0.0
+                pending = step
+            seen += len(batch)
+    if pending is not None:
+        total += _checked(*pending)
     return total / seen
 
 
@@ -309,7 +332,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        task.fit(train_bags)
+        task.fit(bag_targets(train_bags))  # the targets alone: no feature file is read for them
         seed_everything(cfg.seed)
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -321,17 +344,20 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         run = load_resume(last_path, parts, fp) if cfg.resume and last_path.is_file() else Progress()
+        workers = cfg.workers_for(len(train_bags))
+        train_loader = BagLoader(train_bags, batch_size=cfg.batch_size, num_workers=workers, device=device)
 
         bar = ProgressBar(cfg.epochs, f"fit {out.name}", "epoch", initial=run.next_epoch, enabled=cfg.progress,
                           leave=False)
         for epoch in range(run.next_epoch, cfg.epochs):
             if epoch >= cfg.min_epochs and run.stopped(cfg.patience):
                 break
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), waited()
             lr = schedule.get_last_lr()[0]
-            train_loss = _train_epoch(model, task, train_bags, cfg, epoch, opt, scaler, device, give_label, out)
+            train_loss = _train_epoch(model, task, train_loader, cfg, epoch, opt, scaler, give_label, out)
             schedule.step()
-            val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp)
+            val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp,
+                              num_workers=workers)
             key = _score([*run.history, {f"val_{k}": v for k, v in val.items()}], task, cfg)
             improved = run.best_epoch < 0 or key > run.best_key
             if improved:
@@ -344,7 +370,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
             run.next_epoch = epoch + 1
             run.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
                                 **{f"val_{k}": v for k, v in val.items()},
-                                "best": int(improved), "seconds": seconds})
+                                "best": int(improved), "seconds": seconds, "wait_seconds": waited() - w0})
             _write_log(out / "log.csv", run.history)
             save_resume(last_path, parts, run, fp)
             bar.step(f"loss {train_loss:.3f}, val_{task.monitor} {val.get(task.monitor, float('nan')):.3f}")
@@ -354,7 +380,8 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         load_best(best_path, model, spec)
         test = {}
         if len(test_bags):
-            test, _ = evaluate(model, task, test_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp)
+            test, _ = evaluate(model, task, test_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp,
+                               num_workers=workers)
         run.seconds += time.perf_counter() - t0
         val_best = {k[4:]: v for k, v in run.history[run.best_epoch].items() if k.startswith("val_")}
         peak, kind = _peak_memory(device)

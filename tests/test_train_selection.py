@@ -77,3 +77,9 @@ def test_bad_selection_settings_are_named(cfg, field):
     with pytest.raises(TrainConfigError) as info:
         TrainConfig(**{"epochs": 20, **cfg})
     assert set(info.value.problems) == {field}
+
+
+def test_rounding_noise_is_a_tie_broken_by_loss(tmp_path, monkeypatch):
+    # the same AUC computed two ways differs in the last bit; the lower loss decides
+    res = _run(tmp_path, monkeypatch, aucs=[0.88, 0.8800000000000001, 0.88], losses=[0.5, 0.6, 0.4])
+    assert res.best_epoch == 2

@@ -13,6 +13,7 @@ traceback. Only the driver writes ``results.csv`` and the other shared files, so
 """
 from __future__ import annotations
 
+import errno
 import functools
 import traceback
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..data.loader import bag_targets
 from ..data.transforms import standardized
 from ..models import ModelSpec, build_model, load_checkpoint
 from .config import CohortConfig, CompareConfig
@@ -42,11 +44,13 @@ class Plan:
 
 @dataclass
 class CellOutcome:
-    """A finished cell: its results row, per-case predictions, and the traceback if it failed."""
+    """A finished cell: its results row, per-case predictions, and the traceback if it failed
+    (``disk_full``: the error, when it failed for want of disk space, which stops the grid)."""
 
     row: dict[str, Any]
     predictions: list[dict[str, Any]]
     traceback: str | None = None
+    disk_full: OSError | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -59,7 +63,9 @@ def open_cohort(cfg: CohortConfig):
     else:
         targets = dict(time_col=cfg.time_column, event_col=cfg.event_column,
                        censorship_col=cfg.censorship_column)
-    return Cohort(cfg.csv, list(cfg.features), format=cfg.format, cache=cfg.cache, **targets)
+    return Cohort(cfg.csv, list(cfg.features), format=cfg.format, cache=cfg.cache, cache_dtype=cfg.cache_dtype,
+                  case_col=cfg.case_column, slide_col=cfg.slide_column, mpp_col=cfg.mpp_column,
+                  encoder=cfg.encoder, **targets)
 
 
 def make_task(config: CompareConfig, cohort):
@@ -102,7 +108,18 @@ def run_cell(cell: Cell, plan: Plan) -> CellOutcome:
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the grid
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         row = {**cell.key(), "status": "failed", "error": message}
-        return CellOutcome(row, [], traceback.format_exc())
+        return CellOutcome(row, [], traceback.format_exc(), _disk_full(exc))
+
+
+def _disk_full(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC`` / ``EDQUOT`` error behind ``exc`` (itself, or its cause or context), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OSError(exc.errno, exc.strerror, exc.filename)  # no traceback: picklable, small
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _run_cell(cell: Cell, plan: Plan) -> CellOutcome:
@@ -122,17 +139,19 @@ def _run_cell(cell: Cell, plan: Plan) -> CellOutcome:
     result = fit(build_model(spec), task, train, val, test, tcfg, run_dir, spec=spec)
     # predictions of the selected (best-on-validation) checkpoint, for the ROC / KM plots;
     # survival also needs the validation risks (the KM risk-group cut is their median)
-    task.fit(train)
+    task.fit(bag_targets(train))  # targets only: no feature file read
     model, _ = load_checkpoint(run_dir / "best.pt")
     model.to(cfg.device)
     preds: list[dict[str, Any]] = []
     parts = (("val", val), ("test", test)) if task.kind == "survival" else (("test", test),)
     for part, bags in parts:
-        _, logits = evaluate(model, task, bags, batch_size=tcfg.batch_size, device=cfg.device, amp=tcfg.amp)
-        preds += _prediction_rows(task, part, bags, logits)
+        _, logits = evaluate(model, task, bags, batch_size=tcfg.batch_size, device=cfg.device, amp=tcfg.amp,
+                             num_workers=tcfg.workers_for(len(train)))
+        preds += _prediction_rows(task, part, bag_targets(bags), logits)
     d = result.as_dict()
     row = {**cell.key(), "status": "ok",
            **{k: v for k, v in d.items() if k.startswith(("val_", "test_"))},
            "epochs": d["epochs_run"], "best_epoch": d["best_epoch"], "seconds": d["seconds"],
-           "peak_memory_mb": d["peak_memory_mb"], "params": d["n_params"]}
+           "peak_memory_mb": d["peak_memory_mb"], "params": d["n_params"],
+           "train_loss_first": d["train_loss_first"], "train_loss_last": d["train_loss_last"]}
     return CellOutcome(row, preds)

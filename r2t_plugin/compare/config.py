@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -24,13 +25,14 @@ from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type
 
 import yaml
 
+from ..data.cache import CACHE_DTYPES, parse_size
 from ..r2t.stage import R2T
 from ..train import TrainConfig, TrainConfigError
 from ..wrap import PLACEMENTS, with_r2t
 from .variants import ABLATION_KEYS, ablation_base, ablation_variants
 
 __all__ = ["ConfigError", "CohortConfig", "AggregatorConfig", "VariantConfig", "CompareConfig",
-           "load_config", "parse_config", "TRAINING_KEYS", "STAGE_OPTIONS", "r2t_option_names"]
+           "load_config", "parse_config", "TRAINING_KEYS", "STAGE_OPTIONS", "r2t_option_names", "check_device"]
 
 _REQUIRED = object()
 
@@ -61,7 +63,8 @@ class CohortConfig:
     format: str | None = None
     n_bins: int = 4
     skip_missing: bool = False
-    cache: bool = False
+    cache: bool | int | str = False  # true, false, bytes or a size like "8GB" (data/cache.py)
+    cache_dtype: str = "float32"
     standardize: bool = False
     case_column: str = "case_id"  # STAMP's tables: PATIENT
     slide_column: str = "slide_id"  # STAMP's tables: FILENAME (with .h5)
@@ -215,6 +218,39 @@ class _Checker:
         return value
 
 
+def _cache_size(v: Any) -> str | None:
+    try:
+        parse_size(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _reader_names() -> tuple[str, ...]:
+    """The registered feature-file formats (``cohort.format``; null: sniffed per file)."""
+    from ..plugins import registry
+
+    return tuple(registry("readers").names())
+
+
+def check_device(config: CompareConfig) -> None:
+    """Raise :class:`ConfigError` if ``config.device`` does not exist on this machine (the
+    runs of the local engine, and of a Ray instance started here, run on it)."""
+    import torch
+
+    if config.device == "cpu" or (config.engine == "ray" and config.address):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(config.device.partition(":")[2] or 0)
+    if index >= count:
+        have = f"{count} CUDA device(s) (cuda:0 .. cuda:{count - 1})" if count else "no CUDA device"
+        raise ConfigError([f"device: {config.device!r}, but this machine has {have}; use "
+                           + ("cpu or one of those" if count else "device: cpu")], "config")
+
+
 def _positive(v: Any) -> str | None:
     return None if v >= 1 else f"must be >= 1, got {v}"
 
@@ -226,7 +262,7 @@ def _path(base: Path, value: str) -> Path:
 
 def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
     keys = ["csv", "features", "task", "label_column", "classes", "time_column", "event_column",
-            "censorship_column", "format", "n_bins", "skip_missing", "cache", "standardize", "case_column",
+            "censorship_column", "format", "n_bins", "skip_missing", "cache", "cache_dtype", "standardize", "case_column",
             "slide_column", "mpp_column", "encoder"]
     d = c.mapping(raw, "cohort", keys)
     csv = c.get(d, "csv", "cohort", (str,))
@@ -238,14 +274,17 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         time_column=c.get(d, "time_column", "cohort", (str,), "survival_months"),
         event_column=c.get(d, "event_column", "cohort", (str, type(None)), None),
         censorship_column=c.get(d, "censorship_column", "cohort", (str, type(None)), None),
-        format=c.get(d, "format", "cohort", (str, type(None)), None),
+        format=c.get(d, "format", "cohort", (str, type(None)), None, choices=_reader_names()),
         n_bins=c.get(d, "n_bins", "cohort", (int,), 4, _positive),
         skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
-        cache=c.get(d, "cache", "cohort", (bool,), False),
+        cache=c.get(d, "cache", "cohort", (bool, int, str), False, _cache_size),
+        cache_dtype=c.get(d, "cache_dtype", "cohort", (str,), "float32", choices=tuple(CACHE_DTYPES)),
         standardize=c.get(d, "standardize", "cohort", (bool,), False),
         **{k: c.get(d, k, "cohort", (str,), v) for k, v in (("case_column", "case_id"), ("slide_column", "slide_id"))},
         **{k: c.get(d, k, "cohort", (str, type(None)), None) for k in ("mpp_column", "encoder")},
     )
+    if out["cache_dtype"] != "float32" and _cache_size(out["cache"]) is None and parse_size(out["cache"]) is None:
+        c.fail("cohort.cache_dtype", f"{out['cache_dtype']} needs a cache: set cohort.cache (true or a size such as 8GB)")
     if task == "survival":
         if out["event_column"] and out["censorship_column"]:
             c.fail("cohort", "give one of event_column (1 = event) or censorship_column (1 = censored), not both")
@@ -389,13 +428,15 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
         c.fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
     elif len(set(seeds)) != len(seeds):
         c.fail("seeds", f"seeds repeat: {seeds}")
+    elif bad := [s for s in seeds if not 0 <= s < 2**32]:
+        c.fail("seeds", f"{bad} outside 0 .. 2**32 - 1 (numpy's seeds); use smaller non-negative seeds")
     val_fraction = c.get(d, "val_fraction", "", (float,), 0.2,
                          lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}")
     split_seed = c.get(d, "split_seed", "", (int,), 0,
                        lambda v: None if 0 <= v < 2**32 else f"must be in 0 .. 2**32 - 1 (numpy's seeds), got {v}")
     training = _training(c, d.get("training"))
     device = c.get(d, "device", "", (str,), "cpu",
-                   lambda v: None if v == "cpu" or v.startswith("cuda") else f"{v!r} is not cpu, cuda or cuda:N")
+                   lambda v: None if _DEVICE.fullmatch(v) else f"{v!r} is not cpu, cuda or cuda:N")
     engine = c.get(d, "engine", "", (str,), "local", choices=ENGINES)
     workers = c.get(d, "workers", "", (int,), 1, _positive)
     address = c.get(d, "address", "", (str, type(None)), None)

@@ -1,13 +1,15 @@
 """The grid of a comparison: aggregator x variant x fold x seed, in a fixed order."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ..io import safe_name
 from .config import AggregatorConfig, CompareConfig, VariantConfig
+from .variants import ablation_base, ablation_variants
 
-__all__ = ["Cell", "make_grid"]
+__all__ = ["Cell", "make_grid", "resolve_variants"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,13 @@ def make_grid(config: CompareConfig) -> list[Cell]:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"aggregator ids / variant names collide once made file-name safe: {dup[:5]}")
     return cells
+
+
+def resolve_variants(config: CompareConfig, has_coords: bool) -> CompareConfig:
+    """``config`` for its cohort: ``variants: ablation`` is parsed for bags without
+    coordinates (sequence layout); bags with them get the coords layout too."""
+    base = ablation_base(config.raw.get("variants"))
+    if base is None or not has_coords:
+        return config
+    variants = tuple(VariantConfig(n, r) for n, r in ablation_variants(base, coords=True))
+    return dataclasses.replace(config, variants=variants)

@@ -8,24 +8,26 @@ resume file).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from ..io import TEMP_GLOB, atomic_write_text
+from ..data.cohort import CohortError
+from ..io import atomic_write_text, sha256_file
 from ..progress import ProgressBar, is_terminal
-from .config import CompareConfig, ConfigError
+from .config import CompareConfig, ConfigError, check_device
 from .cell import Plan, make_task, model_spec, open_cohort
 from .engines import Engine, get_engine
-from .grid import Cell, make_grid
-from .manifest import ManifestMismatch, build_manifest, check_resumable, hash_data, write_manifest
+from .grid import Cell, make_grid, resolve_variants
+from .folder import HASH_CACHE, MANIFEST, check_output, exclusive
+from .manifest import build_manifest, check_resumable, hash_data, write_manifest
 from .plots import plot_all
+from .integrity import grid_rows
 from .report import format_summary
 from .results import ResultsTable, read_rows, with_status
 
@@ -72,7 +74,7 @@ def _check_models(config: CompareConfig, cohort, case_id: str, in_dim: int, n_ou
     bag = cohort.load_case(case_id)
     n = min(bag.n, 64)
     small = FeatureBag(features=bag.features[:n], coords=None if bag.coords is None else bag.coords[:n],
-                       patch_size=bag.patch_size, case_id=bag.case_id)
+                       patch_size=bag.patch_size, grid_step=bag.grid_step, case_id=bag.case_id)
     batch = BagBatch.collate([small])
     problems = []
     for i, agg in enumerate(config.aggregators):
@@ -93,7 +95,37 @@ def _check_models(config: CompareConfig, cohort, case_id: str, in_dim: int, n_ou
         raise ConfigError(sorted(set(problems)), "models")
 
 
+def _check_classes(cohort, config: CompareConfig) -> None:
+    """A classification needs cases of two classes or more."""
+    if cohort.kind == "classification" and len(present := sorted(set(cohort.labels()))) < 2:
+        found = [cohort.classes[i] for i in present]
+        raise CohortError(f"{cohort.source}: column {config.cohort.label_column!r} holds a single class "
+                          f"{found} over the {len(cohort)} cases; a classification needs two or more (check "
+                          "cohort.label_column, or use task: survival)")
+
+
+def _coords_layout(config: CompareConfig) -> bool:
+    """Whether a variant uses R²T's coords layout (``variants: ablation`` does, on bags with
+    coordinates): then two patches in one grid cell are a pre-flight problem."""
+    return any((v.r2t or {}).get("layout") == "coords" for v in resolve_variants(config, True).variants)
+
+
+def _target_counts(cohort, config: CompareConfig) -> dict[str, int]:
+    """Cases per class (survival: event / censored), printed before training. A class with
+    fewer cases than folds (a label typo?) is refused unless the config lists the classes."""
+    from ..data.splits import check_class_counts, target_counts
+
+    counts = target_counts(cohort)
+    print(f"{cohort.source}: {len(cohort)} cases; " + ", ".join(f"{k!r}: {n}" for k, n in counts.items()),
+          flush=True)
+    if cohort.kind == "classification" and not config.splits:
+        check_class_counts(counts, config.folds, explicit=config.cohort.classes is not None)
+    return counts
+
+
 def _commit(out: Path, cell: Cell, outcome, table: ResultsTable) -> None:
+    if outcome.disk_full is not None:  # stop the grid: every later run would fail the same way
+        raise outcome.disk_full
     run_dir = out / "runs" / cell.run_id
     tb = run_dir / "traceback.txt"
     if outcome.traceback is not None:
@@ -104,55 +136,56 @@ def _commit(out: Path, cell: Cell, outcome, table: ResultsTable) -> None:
     table.record(outcome.row)  # the commit point of the run
 
 
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out/.lock`` (released by the OS even on SIGKILL); remove temp files that a
-    killed earlier driver left behind."""
-    fh = open(out / ".lock", "w")
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except BlockingIOError as exc:
-            raise ManifestMismatch(f"{out}: another r2t compare is running in this folder") from exc
-        for stale in out.rglob(TEMP_GLOB):
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        fh.close()
-
-
 def run_compare(config: CompareConfig, *, engine: Engine | None = None, progress: bool = True,
                 title: str | None = None) -> CompareOutcome:
-    """Run (or resume) the comparison of ``config``; write every output under ``config.output``."""
+    """Run (or resume) the comparison of ``config``; write every output under ``config.output``
+    (a new or empty folder, or one of an earlier comparison: :func:`.folder.check_output`)."""
+    check_device(config)  # before anything is created
+    check_output(config.output)
     config.output.mkdir(parents=True, exist_ok=True)
-    with _exclusive(config.output):
+    with exclusive(config.output):
         return _run_compare(config, engine, progress, title)
+
+
+def _clam_folds(config: CompareConfig, cohort, case_ids: list[str]) -> list:
+    """The folds of the CLAM split files named by ``splits:`` (checked for leakage), also
+    written to ``splits/`` in the harness's own layout."""
+    from ..data.clam_splits import read_clam_splits
+    from ..data.splits import write_folds
+
+    folds = read_clam_splits(config.splits, cohort, case_ids)
+    write_folds(folds, config.output / "splits", {"source": "clam", "disjoint_tests": False,
+                                                  "files": [str(p) for p in config.splits]})
+    return folds
 
 
 def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, title: str | None) -> CompareOutcome:
     from ..data import cohort_strata, load_or_make_folds, preflight
+    from ..data.splits import fold_targets
 
     t0 = time.perf_counter()
     out = config.output
     cohort = open_cohort(config.cohort)
-    report = preflight(cohort, skip_missing=config.cohort.skip_missing)
+    report = preflight(cohort, skip_missing=config.cohort.skip_missing, one_per_cell=_coords_layout(config))
     checked = report.cohort
     case_ids = checked.case_ids
     in_dim = int(report.feature_dim)
+    _check_classes(checked, config)
+    counts = _target_counts(checked, config)
+    config = resolve_variants(config, checked.load_case(case_ids[0]).coords is not None)  # variants: ablation
     files = [p for c in case_ids for s in checked.slides(c) if (p := checked.slide_path(s)) is not None]
-    manifest = build_manifest(config, hash_data(config.cohort.csv, files), extra={"cohort": {
+    data = hash_data(config.cohort.csv, files, config.cohort.features, cache=out / HASH_CACHE)
+    manifest = build_manifest(config, data, extra={"cohort": {
         "cases": len(case_ids), "dropped": list(report.dropped), "feature_dim": in_dim,
-        "classes": list(getattr(checked, "classes", []) or [])}})
-    check_resumable(out / "manifest.json", manifest)
+        "classes": list(getattr(checked, "classes", []) or [])},
+        **({"clam_splits": {str(p): sha256_file(p) for p in config.splits}} if config.splits else {})})
+    check_resumable(out / MANIFEST, manifest)
     task = make_task(config, checked)
     _check_models(config, checked, case_ids[0], in_dim, task.n_out)
-    write_manifest(out / "manifest.json", manifest)
-    folds = load_or_make_folds(out / "splits", case_ids, cohort_strata(checked), config.folds,
-                               config.val_fraction, config.split_seed)
+    folds = (_clam_folds(config, cohort, case_ids) if config.splits else
+             load_or_make_folds(out / "splits", case_ids, cohort_strata(checked), config.folds,
+                                config.val_fraction, config.split_seed, targets=fold_targets(checked)))
+    write_manifest(out / MANIFEST, manifest)  # only now: every check passed and the splits exist
 
     grid = make_grid(config)
     table = ResultsTable(out / "results.csv", [c.run_id for c in grid])
@@ -166,11 +199,11 @@ def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, t
             _commit(out, cell, outcome, table)
             bar.step(f"{cell.run_id} {outcome.row['status']}")
 
-    rows = table.rows()
-    summary = format_summary(rows, config, title=title, monitor=getattr(task, "monitor", None),
-                             n_cases=len(case_ids))
-    atomic_write_text(out / "summary.md", summary)
+    rows = grid_rows(table.rows(), config)  # results.csv may hold rows of a grid configured before
     predictions = {r["run_id"]: read_predictions(out / "runs" / r["run_id"]) for r in with_status(rows)}
+    summary = format_summary(table.rows(), config, title=title, monitor=getattr(task, "monitor", None),
+                             n_cases=len(case_ids), target_counts=counts, predictions=predictions)
+    atomic_write_text(out / "summary.md", summary)
     plots = plot_all(rows, config, predictions, out / "plots")
     return CompareOutcome(out, rows, summary, plots, time.perf_counter() - t0)
 
