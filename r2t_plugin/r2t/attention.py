@@ -1,6 +1,7 @@
-"""The two attention layers of R²T (Tang et al., CVPR 2024): R-MSA with EPEG and CR-MSA.
+"""R-MSA with EPEG, the regional attention of R²T (Tang et al., CVPR 2024); CR-MSA is in
+:mod:`r2t_plugin.r2t.cross_region`.
 
-Both work on the batch's real tokens, flattened to (T, C), and a
+Both layers work on the batch's real tokens, flattened to (T, C), and a
 :class:`~r2t_plugin.r2t.regions.Regions` partition, so that the official (zero-padded,
 unmasked) and the default (masked) behaviour share one implementation.
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from .lean import dropout
 from .regions import Regions
 
-__all__ = ["RegionAttention", "CrossRegionAttention", "region_attention", "gather_slots", "gather_tokens"]
+__all__ = ["RegionAttention", "region_attention"]
 
 # slots per chunk of regions: bounds every temporary of the region attention
 CHUNK_TOKENS = 4096
@@ -28,38 +29,11 @@ CHUNK_TOKENS = 4096
 _FUSED_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
-# ---------------------------------------------------------------- slot <-> token gathers
-class _Rows(torch.autograd.Function):
-    """``out[i] = src[index[i]]``, zero where ``index[i] == len(src)``.
-
-    Every source row is read by at most one output row, so the backward is the same
-    gather with the inverse index (no scatter-add)."""
-
-    @staticmethod
-    def forward(ctx, src: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(index, inverse)
-        return _take(src, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        index, inverse = ctx.saved_tensors
-        return _take(grad, inverse), None, None
-
-
 def _take(src: Tensor, index: Tensor) -> Tensor:
+    """``src[index]``, zero rows where ``index == len(src)`` (an empty slot)."""
     n = src.shape[0]
     out = src.index_select(0, index.clamp(max=n - 1))
     return out.masked_fill_((index >= n)[:, None], 0)
-
-
-def gather_slots(x: Tensor, regions: Regions) -> Tensor:
-    """(T, C) tokens -> (M, C) rows of :attr:`Regions.slots` (empty slots zero)."""
-    return _Rows.apply(x, regions.slots, regions.slot_of_token)
-
-
-def gather_tokens(y: Tensor, regions: Regions) -> Tensor:
-    """(M, C) slot rows -> (T, C) tokens (what every token's slot holds)."""
-    return _Rows.apply(y, regions.slot_of_token, regions.slots)
 
 
 # ---------------------------------------------------------------- region attention
@@ -286,103 +260,3 @@ class RegionAttention(nn.Module):
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
         o = region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
         return dropout(self.proj(o), self.drop)  # keeps a bool mask, not a float one
-
-
-class CrossRegionAttention(nn.Module):
-    """CR-MSA (Tang et al., CVPR 2024): K representatives per region, attention across regions, dispatch back.
-
-    ``phi`` is a (C, K) parameter, or with ``mlp`` a Linear(C, C/4) -> Tanh -> Linear(C/4, K)
-    without biases. ``qkv`` / ``proj`` are the cross-region multi-head attention. The
-    representatives and the dispatch are batched matrix products per group of regions.
-    """
-
-    def __init__(self, dim: int, k: int = 3, heads: int = 8, mlp: bool = False,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim={dim} is not divisible by crmsa_heads={heads}")
-        if k < 1:
-            raise ValueError(f"crmsa_k must be >= 1, got {k}")
-        self.k, self.heads, self.head_dim = k, heads, dim // heads
-        if mlp:
-            self.phi = nn.Sequential(nn.Linear(dim, dim // 4, bias=False), nn.Tanh(),
-                                     nn.Linear(dim // 4, k, bias=False))
-        else:
-            self.phi = nn.Parameter(torch.empty(dim, k))
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def logits(self, tokens: Tensor) -> Tensor:
-        """(..., C) -> (..., K)."""
-        if isinstance(self.phi, nn.Parameter):
-            return tokens @ self.phi.to(tokens.dtype)
-        return self.phi(tokens)
-
-    def _mhsa(self, s: Tensor, key_mask: Tensor | None) -> Tensor:
-        """Plain multi-head self-attention over (G, R, C) sequences; ``key_mask`` (G, R)."""
-        g, r, c = s.shape
-        h, d = self.heads, self.head_dim
-        qkv = self.qkv(s).reshape(g, r, 3, h, d).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
-        return self.drop(self.proj(o.transpose(1, 2).reshape(g, r, c)))
-
-    def forward(self, x: Tensor, regions: Regions, per_bag: bool = True) -> Tensor:
-        """x (T, C) layer-normed tokens -> (T, C) output (not residual).
-
-        ``per_bag`` False reproduces the reference: the regions of every bag in the batch
-        form one sequence (bags leak into each other).
-        """
-        rows = gather_slots(x, regions)  # (M, C)
-        c = rows.shape[1]
-        parts = []
-        for (s, e, p), off in zip(regions.groups, regions.offsets()):
-            n = e - s
-            tok = rows[off : off + n * p].view(n, p, c)
-            keep = regions.active[s:e, :p, None]
-            # softmaxes and min-max weights in float32 (the reference's 1e-8 in the min-max weights vanishes in half precision)
-            parts.append((tok, self.logits(tok).float(), keep))
-        reps = []
-        for tok, g, keep in parts:
-            neg = torch.finfo(g.dtype).min
-            combine = torch.softmax(g.masked_fill(~keep, neg), dim=1).masked_fill(~keep, 0)
-            reps.append(combine.transpose(1, 2) @ tok.to(combine.dtype))  # (n, K, C)
-        reps = torch.cat(reps) if len(reps) > 1 else reps[0]
-        if per_bag:
-            mixed = self._per_bag(reps, regions)
-        else:
-            mixed = self._mhsa(reps.transpose(0, 1), None).transpose(0, 1)
-        ys, at = [], 0
-        for tok, g, keep in parts:
-            n = tok.shape[0]
-            dispatch = torch.softmax(g, dim=2)
-            g_min = g.masked_fill(~keep, float("inf")).amin(dim=1, keepdim=True)
-            g_max = g.masked_fill(~keep, float("-inf")).amax(dim=1, keepdim=True)
-            weights = ((g - g_min) / (g_max - g_min + 1e-8) * dispatch).masked_fill(~keep, 0.0)
-            m = mixed[at : at + n]
-            ys.append((weights.to(m.dtype) @ m).reshape(-1, c))  # (n * p, C)
-            at += n
-        y = torch.cat(ys) if len(ys) > 1 else ys[0]
-        return gather_tokens(y, regions)
-
-    def _per_bag(self, reps: Tensor, regions: Regions) -> Tensor:
-        """Attention across the regions of each bag separately; (R, K, C) -> (R, K, C)."""
-        r, k, c = reps.shape
-        counts = regions.bag_regions
-        n_bags, rmax = len(counts), max(counts)
-        if n_bags == 1:
-            return self._mhsa(reps.transpose(0, 1), None).transpose(0, 1)
-        bag = regions.bag
-        first = torch.full((n_bags,), r, dtype=torch.long, device=reps.device)
-        first.scatter_reduce_(0, bag, torch.arange(r, device=reps.device), "amin")
-        pos = torch.arange(r, device=reps.device) - first[bag]
-        seq = reps.new_zeros(n_bags, rmax, k, c).index_put((bag, pos), reps)
-        km = None
-        if min(counts) < rmax:
-            km = torch.zeros(n_bags, rmax, dtype=torch.bool, device=reps.device).index_put_(
-                (bag, pos), torch.ones(r, dtype=torch.bool, device=reps.device))
-            km = km.repeat_interleave(k, dim=0)
-        seq = seq.permute(0, 2, 1, 3).reshape(n_bags * k, rmax, c)
-        out = self._mhsa(seq, km).reshape(n_bags, k, rmax, c).permute(0, 2, 1, 3)
-        return out[bag, pos]

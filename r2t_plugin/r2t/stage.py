@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..nn import make_activation
 from . import lean
-from .attention import CHUNK_TOKENS, CrossRegionAttention, RegionAttention
+from .attention import CHUNK_TOKENS, RegionAttention
+from .cross_region import CrossRegionAttention
 from .regions import Regions, coords_regions, official_regions, sequence_regions
 
 __all__ = ["R2T"]
@@ -49,9 +50,7 @@ class _PreNorm(nn.Module):
         self.attn = attn
 
     def forward(self, x: Tensor, regions: Regions, **kw) -> Tensor:
-        if isinstance(self.attn, RegionAttention):  # applies the LN inside, never storing LN(x)
-            return self.attn(x, regions, norm=self.norm)
-        return self.attn(self.norm(x), regions, **kw)
+        return self.attn(x, regions, norm=self.norm, **kw)  # the LN applied inside, LN(x) never stored
 
 
 class R2T(nn.Module):
@@ -150,7 +149,8 @@ class R2T(nn.Module):
         self.layers = nn.ModuleList(
             _PreNorm(dim, RegionAttention(dim, heads, epeg, epeg_k, dropout, chunk_tokens)) for _ in range(n_rmsa)
         )
-        self.crmsa = _PreNorm(dim, CrossRegionAttention(dim, crmsa_k, crmsa_heads, crmsa_mlp, dropout)) if crmsa else None
+        self.crmsa = _PreNorm(dim, CrossRegionAttention(dim, crmsa_k, crmsa_heads, crmsa_mlp, dropout,
+                                                          chunk_tokens)) if crmsa else None
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim) if out_dim not in (None, dim) else None
         self.reset_parameters()
