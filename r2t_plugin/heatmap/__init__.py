@@ -17,7 +17,7 @@ from typing import Any
 _WHERE = {
     "SlideScores": "scores", "HeatmapError": "scores", "score_bag": "scores",
     "Rendered": "render", "draw_heatmap": "render", "percentile_ranks": "render",
-    "slide_heatmap": "slide", "BatchItem": "batch", "run_batch": "batch", "write_index": "batch",
+    "slide_heatmap": "slide", "place": "slide", "top_k": "scores", "BatchItem": "batch", "run_batch": "batch", "write_index": "batch",
     "RunTestSplit": "runs", "run_checkpoint": "runs", "load_test_split": "runs",
 }
 __all__ = sorted(_WHERE)

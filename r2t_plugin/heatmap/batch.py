@@ -39,6 +39,7 @@ class BatchItem:
     correct: bool | None
     png: str | None = None
     error: str | None = None
+    top_k: str | None = None  # its top-k CSV (relative to the index), with --top-k
 
 
 def _truth(bag, spec) -> str:
@@ -91,10 +92,11 @@ def run_batch(model: nn.Module, spec: ModelSpec, split: RunTestSplit, out_dir: s
                         raise WSIError(f"no slide file for {slide_id!r} in {wsi_dir}")
                     thumb = read_thumbnail(path, max_size)
                 png = names[slide_id]
-                draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
-                           f"{slide_id} (case {case_id})", out_dir / png, thumb, unit=bag.meta.get("coord_unit", "px"),
-                           max_size=max_size, alpha=alpha, cmap=cmap, top=top, where=f"slide {slide_id!r}")
-                items.append(replace(item, png=png))
+                done = draw_slide(spec, replace(scored, scores=scored.scores[a:b]), coords, bag.patch_size,
+                                  f"{slide_id} (case {case_id})", out_dir / png, thumb,
+                                  unit=bag.meta.get("coord_unit", "px"), max_size=max_size, alpha=alpha, cmap=cmap,
+                                  top=top, where=f"slide {slide_id!r}")
+                items.append(replace(item, png=png, top_k=done.top_k.name if done.top_k else None))
             except (WSIError, HeatmapError) as exc:
                 items.append(replace(item, error=str(exc)))
     write_index(out_dir / "index.html", items, f"{spec.title}: test slides of {split.run_dir.name}")
@@ -115,7 +117,9 @@ def write_index(path: str | os.PathLike, items: list[BatchItem], title: str) -> 
         body = (f'<a href="{e(it.png)}"><img src="{e(it.png)}" loading="lazy" alt="{e(it.slide_id)}"></a>'
                 if it.png else f'<p class="error">{e(it.error or "")}</p>')
         cards.append(f'<figure class="card{cls}">{body}<figcaption><b>{e(it.slide_id)}</b> '
-                     f'(case {e(it.case_id)})<br>true: {e(it.truth)}<br>{e(it.predicted)}{mark}</figcaption></figure>')
+                     f'(case {e(it.case_id)})<br>true: {e(it.truth)}<br>{e(it.predicted)}{mark}'
+                     + (f'<br><a href="{e(it.top_k)}">top patches (CSV)</a>' if it.top_k else "")
+                     + '</figcaption></figure>')
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>

@@ -181,6 +181,7 @@ def test_stamp_um_coordinates_land_on_their_pixels_in_both_modes(svs, stamp_run,
         assert np.all(got[2:] - got[:2] >= 0.9 * (expected[2:] - expected[:2]))
     # one conversion for both modes: the same canvas pixels, the same axes
     assert np.array_equal(batch_png[top:top + h, left:left + w], one_png[top:top + h, left:left + w])
+    assert f'<a href="{slide}_top5.csv">' in (dest / "index.html").read_text()
     table = (dest / f"{slide}_top5.csv").read_text().splitlines()
     assert table[0] == "rank,patch,x,y,x_um,y_um,score,percentile" and len(table) == 6
     for line in table[1:]:
