@@ -6,9 +6,11 @@ features. A :class:`BagBatch` is B bags padded to the longest, with a boolean ma
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import math
+from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,14 +25,32 @@ def _name(bag_id: str | None) -> str:
     return f"bag {bag_id!r}" if bag_id else "bag"
 
 
+def _all_finite(t: Tensor) -> bool:
+    """Whether every value of ``t`` is finite, in one pass: a NaN or Inf anywhere makes the
+    sum NaN or Inf in any summation order (the element-wise test runs only when the sum is
+    not finite, which finite values that overflow it can also cause). CPU float32 / float64
+    sum in NumPy: one thread, so its cost does not depend on how busy the other cores are."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad:
+        with np.errstate(all="ignore"):
+            total = float(np.add.reduce(t.numpy(), axis=None))
+    else:
+        total = float(t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum())
+    return math.isfinite(total) or bool(torch.isfinite(t).all())
+
+
 @dataclass
 class FeatureBag:
     """One bag of patch features.
 
     Shapes: ``features`` (N, D) float; ``coords`` (N, 2) level-0 pixels (x, y) or None;
     ``patch_size`` level-0 patch side in pixels or None; ``edge_index`` (2, E) or None.
+    ``grid_step``: the level-0 distance between neighbouring patch positions when it is not
+    the patch side (patches extracted with overlap: TRIDENT's ``overlap > 0``), else None.
+    Grid cells and patch graphs use :attr:`cell_size`; heatmaps draw ``patch_size``.
     Targets: ``label`` (int) for classification, or ``time`` + ``event`` (1 = event
-    observed) for survival.
+    observed) for survival. Construction checks shapes, types and that features and coords
+    are finite; ``check_values=False`` skips the NaN/Inf scan, for tensors taken from bags
+    that passed it (moved, concatenated, cast to another float type).
     """
 
     features: Tensor
@@ -43,8 +63,10 @@ class FeatureBag:
     time: float | None = None
     event: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    grid_step: float | None = None
+    check_values: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_values: bool = True) -> None:
         who = _name(self.case_id or (self.slide_ids[0] if self.slide_ids else None))
         f = self.features
         if not isinstance(f, Tensor):
@@ -57,7 +79,7 @@ class FeatureBag:
             raise BagError(f"{who}: empty bag (0 instances)")
         if f.shape[1] == 0:
             raise BagError(f"{who}: features have width 0")
-        if not bool(torch.isfinite(f).all()):
+        if check_values and not _all_finite(f):
             bad = int((~torch.isfinite(f)).any(dim=1).sum())
             raise BagError(f"{who}: {bad} instance(s) have NaN or Inf features")
         self.features = f
@@ -69,13 +91,17 @@ class FeatureBag:
                 raise BagError(
                     f"{who}: coords has {c.shape[0]} rows but features has {f.shape[0]}"
                 )
-            if c.is_floating_point() and not bool(torch.isfinite(c).all()):
+            if check_values and c.is_floating_point() and not _all_finite(c):
                 raise BagError(f"{who}: coords contain NaN or Inf")
             self.coords = c
         if self.patch_size is not None:
             self.patch_size = float(self.patch_size)
             if not self.patch_size > 0:
                 raise BagError(f"{who}: patch_size must be > 0, got {self.patch_size}")
+        if self.grid_step is not None:
+            self.grid_step = float(self.grid_step)
+            if not self.grid_step > 0:
+                raise BagError(f"{who}: grid_step must be > 0, got {self.grid_step}")
         if self.edge_index is not None:
             e = torch.as_tensor(self.edge_index, dtype=torch.long)
             if e.dim() != 2 or e.shape[0] != 2:
@@ -97,12 +123,17 @@ class FeatureBag:
         """Feature width."""
         return int(self.features.shape[1])
 
+    @property
+    def cell_size(self) -> float | None:
+        """The side of one patch-grid cell in level-0 pixels: ``grid_step``, else ``patch_size``."""
+        return self.grid_step if self.grid_step is not None else self.patch_size
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "FeatureBag":
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
         return replace(self, features=mv(self.features), coords=mv(self.coords),
-                       edge_index=mv(self.edge_index))
+                       edge_index=mv(self.edge_index), check_values=False)
 
     def batch(self) -> "BagBatch":
         """This bag as a batch of one."""
@@ -116,6 +147,8 @@ class BagBatch:
     Shapes: ``features`` (B, Nmax, D); ``mask`` (B, Nmax) bool, True = real instance;
     ``coords`` (B, Nmax, 2) or None; ``patch_size`` (B,) or None; ``label`` (B,) long or
     None; ``time`` (B,) float and ``event`` (B,) long or None. Padded rows are zero.
+    ``grid_step`` (B,): each bag's :attr:`FeatureBag.cell_size` (None unless every bag has
+    one); models called with a batch take it as their ``patch_size`` argument, the grid cell.
     """
 
     features: Tensor
@@ -127,6 +160,7 @@ class BagBatch:
     event: Tensor | None = None
     edge_index: list[Tensor | None] | None = None
     case_ids: tuple[str | None, ...] = ()
+    grid_step: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.features.dim() != 3:
@@ -167,6 +201,8 @@ class BagBatch:
                 coords[i, : bag.n] = bag.coords.to(device, coords.dtype)
         ps = [bag.patch_size for bag in bags]
         patch = torch.tensor(ps, dtype=torch.float32, device=device) if all(p is not None for p in ps) else None
+        steps = [bag.cell_size for bag in bags]
+        step = torch.tensor(steps, dtype=torch.float32, device=device) if all(s is not None for s in steps) else None
         labels = [bag.label for bag in bags]
         label = (torch.tensor(labels, dtype=torch.long, device=device)
                  if all(x is not None for x in labels) else None)
@@ -182,6 +218,7 @@ class BagBatch:
             event=torch.tensor([bag.event for bag in bags], dtype=torch.long, device=device) if surv else None,
             edge_index=[bag.edge_index for bag in bags] if any(bag.edge_index is not None for bag in bags) else None,
             case_ids=tuple(bag.case_id for bag in bags),
+            grid_step=step,
         )
 
     def __len__(self) -> int:
@@ -218,10 +255,13 @@ class BagBatch:
         out = []
         for i in range(len(self)):
             m = self.mask[i]
+            step = None if self.grid_step is None else float(self.grid_step[i])
+            patch = None if self.patch_size is None else float(self.patch_size[i])
             out.append(FeatureBag(
                 features=self.features[i][m],
                 coords=None if self.coords is None else self.coords[i][m],
-                patch_size=None if self.patch_size is None else float(self.patch_size[i]),
+                patch_size=patch,
+                grid_step=None if step == patch else step,
                 edge_index=None if self.edge_index is None else self.edge_index[i],
                 case_id=self.case_ids[i] if self.case_ids else None,
                 label=None if self.label is None else int(self.label[i]),
@@ -244,7 +284,7 @@ class BagBatch:
         for i, bag in enumerate(self.unbatch()):
             e = bag.edge_index
             if e is None:
-                e = (grid_edges(bag.coords, bag.patch_size) if bag.coords is not None
+                e = (grid_edges(bag.coords, bag.cell_size) if bag.coords is not None
                      else torch.zeros(2, 0, dtype=torch.long, device=bag.features.device))
             data = Data(x=bag.features, edge_index=e, pos=bag.coords)
             if self.label is not None:

@@ -4,7 +4,9 @@ One bag (``coords`` (N, 2)) or a padded batch (``coords`` (B, N, 2) with a (B, N
 as in :class:`~r2t_plugin.bag.BagBatch`); the single-bag functions are the batched ones
 on a batch of one, so R²T's coordinate regions, the readers and the graph aggregators
 all place a patch in the same cell. Coordinates are (x, y) top-left corners; a cell is
-(row, col) = floor((coord - bag minimum) / patch size), row from y, column from x.
+(row, col) = floor((coord - bag minimum) / patch size), row from y, column from x. For
+patches extracted with overlap the "patch size" given here is the stride between them (a
+bag's ``cell_size``: its ``grid_step``), so neighbours land in neighbouring cells.
 
 Dtype rule: arithmetic on coordinates is float32 (exact for integer pixel positions
 up to 2**24, far beyond any slide), whatever their input dtype; cells and edges are int64.

@@ -246,7 +246,7 @@ class TensorModelWrapper(R2TWrapper):
         if batch is not None:
             feats, mask = batch.features, batch.mask
             coords = batch.coords if coords is None else coords
-            patch_size = batch.patch_size if patch_size is None else patch_size
+            patch_size = batch.grid_step if patch_size is None else patch_size  # the grid cell
         else:
             if not isinstance(x, Tensor) or x.dim() not in (2, 3):
                 shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

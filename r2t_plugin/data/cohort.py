@@ -1,40 +1,55 @@
 """Cohort tables and case-level bags.
 
-A cohort is a CSV with ``case_id``, ``slide_id`` and either a label column (strings or
+A cohort is a CSV with a case column and a slide column (``case_id`` and ``slide_id`` by
+default; STAMP's tables: ``PATIENT`` and ``FILENAME``) and either a label column (strings or
 integers, mapped to class indices in a recorded order) or survival columns: ``time`` +
 ``event`` (1 = event observed) or ``survival_months`` + ``censorship`` (1 = censored); the
 column names are given to :class:`Cohort`. All slides of one case form one case-level bag;
 their coordinates are shifted along x so that the slides sit side by side, one empty
 patch column apart, on one common patch lattice (``meta["slide_offsets"]`` undoes it).
 
-Bags are read lazily, one case at a time, optionally kept in memory (``cache=True``).
+Slide ids may carry a slide-file suffix (``.svs``) or a feature-file one (``.h5``, as in
+STAMP's ``FILENAME``). A feature folder may be a TRIDENT job folder
+(:mod:`r2t_plugin.data.trident`). A slide whose file holds no patch is skipped with a
+:class:`EmptySlideWarning`; its case keeps its other slides.
+
+Bags are read lazily, one case at a time, optionally kept in memory up to a byte budget
+(``cache=True`` or ``cache="8GB"``; ``cache_dtype="float16"`` halves it: see
+:mod:`r2t_plugin.data.cache`).
 Check the whole cohort with :func:`r2t_plugin.data.preflight.preflight` before training.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pandas as pd
-import torch
 
-from ..bag import BagError, FeatureBag
-from ..geometry import infer_patch_size
+from ..bag import FeatureBag
+from .cache import as_float32, make_cache
+from .case import assemble_case
+from .trident import TridentLayoutError, resolve_feature_dirs
 from .wsi import WSI_SUFFIXES
 
-__all__ = ["Cohort", "CohortRow", "CaseBags", "CohortError", "assemble_case", "valid_time"]
+__all__ = ["Cohort", "CohortRow", "CaseBags", "CohortError", "EmptySlideWarning", "assemble_case", "valid_time"]
 
 PathLike = str | os.PathLike
 _FEATURE_SUFFIXES = (".h5", ".pt", ".npy")
 _SUBDIRS = ("", "h5_files", "pt_files")
+_NAME_BYTES = 250  # NAME_MAX (255) less the longest feature suffix we append (".npy")
 
 
 class CohortError(ValueError):
     """A cohort table that cannot be used as configured (missing columns, bad options)."""
+
+
+class EmptySlideWarning(UserWarning):
+    """A slide whose feature file holds no patch, left out of its case."""
 
 
 def _label_key(value: Any) -> str | None:
@@ -45,6 +60,22 @@ def _label_key(value: Any) -> str | None:
         value = int(value)
     text = str(value).strip()
     return text or None
+
+
+def _check_slide_ids(rows: Sequence["CohortRow"], source: str) -> None:
+    """Refuse slide ids that would name a file outside the feature folders (absolute, or
+    climbing out with ``..``) or that no file system can hold (a part over 250 bytes)."""
+    escaping = sorted({r.slide_id for r in rows if r.slide_id and (PurePath(r.slide_id).is_absolute()
+                                                                    or ".." in PurePath(r.slide_id).parts)})
+    if escaping:
+        raise CohortError(f"{source}: slide id(s) {escaping[:5]} point outside the feature folder(s); give "
+                          "each slide id as a file name (or sub-path) inside the features folder")
+    too_long = sorted({r.slide_id for r in rows
+                       if any(len(part.encode()) > _NAME_BYTES for part in PurePath(r.slide_id).parts)})
+    if too_long:
+        shown = [f"{s[:40]}... ({len(s)} characters)" for s in too_long[:3]]
+        raise CohortError(f"{source}: slide id(s) {shown} are too long for a file name (at most "
+                          f"{_NAME_BYTES} bytes per name); shorten them in the table and rename their files")
 
 
 def valid_time(t: float | None) -> bool:
@@ -78,39 +109,62 @@ class Cohort:
     default the sorted distinct labels). Survival: give ``time_col`` and exactly one of
     ``event_col`` (1 = event) or ``censorship_col`` (1 = censored). ``format`` names a
     registered reader (default: sniffed per file); ``mpp_col`` a column of level-0 microns
-    per pixel (used by readers whose coordinates are in micrometres).
+    per pixel (used by readers whose coordinates are in micrometres). ``case_col`` /
+    ``slide_col`` name the id columns; ``encoder`` picks ``features_<encoder>/`` in a
+    TRIDENT job folder (needed only when it holds several). ``cache`` / ``cache_dtype``: keep
+    the bags read in memory (:func:`~r2t_plugin.data.cache.make_cache`; one cache per
+    process, shared with :meth:`subset`).
     """
 
     def __init__(self, table: pd.DataFrame | PathLike, feature_dirs: PathLike | Sequence[PathLike], *,
                  label_col: str | None = None, classes: Sequence[Any] | None = None,
                  time_col: str | None = None, event_col: str | None = None,
                  censorship_col: str | None = None, format: str | None = None,
-                 mpp_col: str | None = None, cache: bool = False) -> None:
+                 mpp_col: str | None = None, cache: bool | int | str = False, case_col: str = "case_id",
+                 slide_col: str = "slide_id", encoder: str | None = None,
+                 cache_dtype: str = "float32") -> None:
         if isinstance(table, pd.DataFrame):
             self.source = "<table>"
             df = table.copy()
         else:
             self.source = str(table)
-            df = pd.read_csv(table, dtype={"case_id": str, "slide_id": str}, keep_default_na=False,
-                             na_values={c: ["", "NA", "NaN", "nan"] for c in
-                                        (label_col, time_col, event_col, censorship_col, mpp_col) if c})
-        self.feature_dirs = [Path(feature_dirs)] if isinstance(feature_dirs, (str, os.PathLike)) \
+            try:
+                df = pd.read_csv(table, dtype={case_col: str, slide_col: str}, keep_default_na=False,
+                                 na_values={c: ["", "NA", "NaN", "nan"] for c in
+                                            (label_col, time_col, event_col, censorship_col, mpp_col) if c})
+            except pd.errors.EmptyDataError as exc:
+                raise CohortError(f"{self.source}: the file is empty; write a header line (case_id, "
+                                  "slide_id and the target columns) and one row per slide") from exc
+        dirs = [Path(feature_dirs)] if isinstance(feature_dirs, (str, os.PathLike)) \
             else [Path(d) for d in feature_dirs]
+        try:
+            self.feature_dirs = resolve_feature_dirs(dirs, encoder)
+        except TridentLayoutError as exc:
+            raise CohortError(str(exc)) from exc
+        self.case_col, self.slide_col = case_col, slide_col
         if (label_col is None) == (time_col is None):
             raise CohortError(f"{self.source}: give either label_col (classification) or time_col (survival)")
         if time_col is not None and (event_col is None) == (censorship_col is None):
             raise CohortError(f"{self.source}: survival needs exactly one of event_col (1 = event) "
                               "or censorship_col (1 = censored)")
-        needed = ["case_id", "slide_id", *(c for c in (label_col, time_col, event_col,
+        needed = [case_col, slide_col, *(c for c in (label_col, time_col, event_col,
                                                          censorship_col, mpp_col) if c)]
         missing = [c for c in needed if c not in df.columns]
         if missing:
-            raise CohortError(f"{self.source}: missing column(s) {missing}; has {list(df.columns)}")
+            raise CohortError(f"{self.source}: missing column(s) {missing}; the table has {list(df.columns)}: "
+                              "rename the column in the table or name the right one in the config")
         self.kind = "classification" if label_col else "survival"
         self.label_col, self.time_col = label_col, time_col
         self.event_col, self.censorship_col, self.mpp_col = event_col, censorship_col, mpp_col
-        self.format, self.cache = format, cache
+        self.format = format
+        try:
+            self.cache = make_cache(cache, cache_dtype)
+        except ValueError as exc:
+            raise CohortError(f"{self.source}: cache: {exc}") from exc
         self.rows = [self._row(r) for r in df.to_dict("records")]
+        if not self.rows:
+            raise CohortError(f"{self.source}: the table has a header but no rows; add one row per slide")
+        _check_slide_ids(self.rows, self.source)
         if self.kind == "classification":
             found = {r.label for r in self.rows if r.label is not None}
             self.classes = ([_label_key(c) for c in classes] if classes is not None
@@ -122,7 +176,7 @@ class Cohort:
             if r.case_id:
                 self._cases.setdefault(r.case_id, []).append(r)
         self._paths: dict[str, Path | None] = {}
-        self._cached: dict[str, FeatureBag] = {}
+        self._empty: set[str] = set()  # slides already found to hold no patch
 
     def _row(self, rec: dict[str, Any]) -> CohortRow:
         def num(col: str | None) -> float | None:
@@ -139,8 +193,8 @@ class Cohort:
         if self.censorship_col:
             c = num(self.censorship_col)
             event = 1.0 - c if c is not None else None
-        case = "" if rec["case_id"] is None else str(rec["case_id"]).strip()
-        slide = "" if rec["slide_id"] is None else str(rec["slide_id"]).strip()
+        case = "" if rec[self.case_col] is None else str(rec[self.case_col]).strip()
+        slide = "" if rec[self.slide_col] is None else str(rec[self.slide_col]).strip()
         return CohortRow(case, slide, _label_key(rec[self.label_col]) if self.label_col else None,
                     num(self.time_col), event, num(self.mpp_col))
 
@@ -189,18 +243,18 @@ class Cohort:
         new.__dict__.update(self.__dict__)
         new.rows = [r for r in self.rows if r.case_id in keep]
         new._cases = {c: rs for c, rs in self._cases.items() if c in keep}
-        new._cached = {c: b for c, b in self._cached.items() if c in keep}
         return new
 
     # ------------------------------------------------------------------ files
     def slide_path(self, slide_id: str) -> Path | None:
         """The feature file of ``slide_id`` in the feature folders (``.h5`` before ``.pt``
-        before ``.npy``; also under ``h5_files/`` and ``pt_files/``), or None."""
+        before ``.npy``; also under ``h5_files/`` and ``pt_files/``), or None. A slide-file
+        or feature-file suffix on the id (``.svs``, ``.h5``) may be left off the file name."""
         if slide_id in self._paths:
             return self._paths[slide_id]
         stems = [slide_id]
-        if Path(slide_id).suffix.lower() in WSI_SUFFIXES:
-            stems.append(Path(slide_id).stem)
+        if Path(slide_id).suffix.lower() in (*WSI_SUFFIXES, *_FEATURE_SUFFIXES):
+            stems.append(str(Path(slide_id).with_suffix("")))
         candidates = (d / sub / f"{stem}{ext}" for d in self.feature_dirs for sub in _SUBDIRS
                       for ext in _FEATURE_SUFFIXES for stem in stems)
         found = next((p for p in candidates if p.is_file()), None)
@@ -225,30 +279,57 @@ class Cohort:
         return None
 
     def load_case(self, case_id: str) -> FeatureBag:
-        """The case-level bag of ``case_id`` with its target."""
-        if case_id in self._cached:
-            return self._cached[case_id]
+        """The case-level bag of ``case_id`` with its target (float32 features)."""
+        return as_float32(self.stored_case(case_id))
+
+    def stored_case(self, case_id: str) -> FeatureBag:
+        """The bag of ``case_id`` as the cache keeps it: like :meth:`load_case`, with
+        float16 features under ``cache_dtype="float16"`` (the training loop's form)."""
+        hit = self.cache.get(case_id) if self.cache is not None else None
+        if hit is not None:
+            return hit
         if case_id not in self._cases:
             raise CohortError(f"{self.source}: unknown case id {case_id!r}")
         slides = self.slides(case_id)
         if not slides:
             raise CohortError(f"{self.source}: case {case_id!r} has no slides")
+        from .readers import EmptySlideError
+
         bags = []
         for s in slides:
-            bag = self.read_slide(s, self.slide_mpp(case_id, s))
+            if s in self._empty:
+                continue
+            try:
+                bag = self.read_slide(s, self.slide_mpp(case_id, s))
+            except EmptySlideError as exc:
+                self.skip_empty(case_id, s, exc)
+                continue
             bag.slide_ids = (s,)  # the table's id, not the file's name
             bags.append(bag)
+        if not bags:
+            raise CohortError(f"{self.source}: case {case_id!r}: every slide's feature file holds no patch")
         return self.keep(case_id, assemble_case(case_id, bags, **self.target(case_id)))
 
+    def skip_empty(self, case_id: str, slide_id: str, exc: Exception) -> None:
+        """Leave out a slide without patches from now on, with one warning naming it."""
+        if slide_id not in self._empty:
+            self._empty.add(slide_id)
+            warnings.warn(f"{self.source}: case {case_id!r}: slide {slide_id!r} left out: {exc}",
+                          EmptySlideWarning, stacklevel=3)
+
     def keep(self, case_id: str, bag: FeatureBag) -> FeatureBag:
-        """Remember ``bag`` as the bag of ``case_id`` when caching is on; returns ``bag``."""
-        if self.cache:
-            self._cached[case_id] = bag
-        return bag
+        """Remember ``bag`` as the bag of ``case_id`` when caching is on (and it fits the
+        budget); returns it in the cache's storage form (``bag`` itself without a cache)."""
+        if self.cache is None:
+            return bag
+        stored = self.cache.compact(bag)
+        self.cache.put(case_id, stored)
+        return stored
 
     def forget(self, case_id: str) -> None:
         """Drop the cached bag of ``case_id`` (if any)."""
-        self._cached.pop(case_id, None)
+        if self.cache is not None:
+            self.cache.drop(case_id)
 
     def bags(self, case_ids: Sequence[str] | None = None) -> "CaseBags":
         """A lazy sequence of case-level bags (read when indexed)."""
@@ -275,56 +356,6 @@ class CaseBags(Sequence):
             return CaseBags(self.cohort, self.case_ids[i])
         return self.cohort.load_case(self.case_ids[i])
 
-
-def assemble_case(case_id: str, bags: Sequence[FeatureBag], **targets: Any) -> FeatureBag:
-    """One case-level bag from its slides' bags.
-
-    Slides after the first are shifted along x to start two patches right of the previous
-    slide's right edge, and along y onto the first slide's top row, so every slide lies on
-    one patch lattice without touching another. Raises :class:`BagError` naming the case
-    when the slides disagree (feature width, coordinates present or not, patch size, unit).
-    """
-    who = f"case {case_id!r}"
-    if not bags:
-        raise BagError(f"{who}: no slides")
-    widths = {b.dim for b in bags}
-    if len(widths) > 1:
-        raise BagError(f"{who}: slides have different feature widths {sorted(widths)}")
-    slide_ids = tuple(s for b in bags for s in b.slide_ids)
-    meta: dict[str, Any] = {"slides": list(slide_ids),
-                            "paths": [b.meta.get("path") for b in bags],
-                            "formats": [b.meta.get("format") for b in bags]}
-    units = {b.meta.get("coord_unit") for b in bags if b.coords is not None}
-    if len(units) > 1:
-        raise BagError(f"{who}: slides have coordinates in different units {sorted(map(str, units))}")
-    if units:
-        meta["coord_unit"] = units.pop()
-    has = [b.coords is not None for b in bags]
-    if any(has) and not all(has):
-        raise BagError(f"{who}: slides {[s for b, h in zip(bags, has) if not h for s in b.slide_ids]} "
-                       "have no coordinates but the others do")
-    sizes = {b.patch_size for b in bags if b.patch_size is not None}
-    if len(sizes) > 1:
-        raise BagError(f"{who}: slides have different level-0 patch sizes {sorted(sizes)}")
-    patch = sizes.pop() if sizes else None
-    features = torch.cat([b.features for b in bags]) if len(bags) > 1 else bags[0].features
-    coords = None
-    if all(has):
-        step = patch if patch is not None else infer_patch_size(torch.cat([b.coords for b in bags]))
-        placed, offsets = [bags[0].coords], [(0.0, 0.0)]
-        top = float(bags[0].coords[:, 1].min())
-        for b in bags[1:]:
-            c = b.coords.to(torch.float64)
-            dx = float(placed[-1][:, 0].max()) + 2 * step - float(c[:, 0].min())
-            dy = top - float(c[:, 1].min())
-            placed.append((c + torch.tensor([dx, dy], dtype=torch.float64)).to(bags[0].coords.dtype))
-            offsets.append((dx, dy))
-        coords = torch.cat(placed) if len(placed) > 1 else placed[0]
-        meta["slide_offsets"] = offsets
-    bounds, start = [], 0
-    for b in bags:
-        bounds.append((start, start + b.n))
-        start += b.n
-    meta["slide_slices"] = bounds
-    return FeatureBag(features=features, coords=coords, patch_size=patch, slide_ids=slide_ids,
-                      case_id=case_id, meta=meta, **targets)
+    def stored(self, i: int) -> FeatureBag:
+        """Bag ``i`` in the cache's storage form (:meth:`Cohort.stored_case`)."""
+        return self.cohort.stored_case(self.case_ids[i])

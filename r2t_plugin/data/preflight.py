@@ -3,9 +3,13 @@
 Problems found: rows without a case id, cases without slides, duplicate slide ids, unknown
 or missing labels, invalid survival targets, targets that differ between the slides of a
 case, missing or unreadable feature files, empty bags, NaN/Inf features, feature widths that
-differ from the cohort's, and slides of one case that cannot form one bag. All of them are
+differ from the cohort's, slides of one case that cannot form one bag, and the data checks
+of :mod:`r2t_plugin.data.checks` (features beyond float32, absurd patch grids, patches
+sharing a grid cell, a case without coordinates among cases with them). All of them are
 raised together in one :class:`PreflightError`; with ``skip_missing=True`` the affected
-cases are dropped instead, with a :class:`PreflightWarning` listing them.
+cases are dropped instead, with a :class:`PreflightWarning` listing them. A slide whose
+file holds no patch is left out of its case with an ``EmptySlideWarning`` (a problem only
+when every slide of the case is empty).
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..bag import FeatureBag
+from .checks import feature_faults, grid_faults, mixed_coordinates
 from .cohort import Cohort, assemble_case, valid_time
+from .readers import EmptySlideError
 
 __all__ = ["Problem", "PreflightError", "PreflightWarning", "PreflightReport", "preflight"]
 
@@ -47,7 +53,8 @@ class PreflightError(ValueError):
 
 
 class PreflightWarning(UserWarning):
-    """Cases dropped by a pre-flight check with ``skip_missing=True``."""
+    """Cases dropped by a pre-flight check with ``skip_missing=True``, or slides whose
+    features are large enough to trouble float32 training (the report's ``notices``)."""
 
 
 @dataclass
@@ -59,6 +66,7 @@ class PreflightReport:
     problems: list[Problem] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     n_instances: dict[str, int] = field(default_factory=dict)
+    notices: list[Problem] = field(default_factory=list)  # warnings only (large feature values)
 
 
 def _table_problems(cohort: Cohort) -> list[Problem]:
@@ -101,8 +109,11 @@ def _table_problems(cohort: Cohort) -> list[Problem]:
     return out
 
 
-def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
+def preflight(cohort: Cohort, skip_missing: bool = False, *, one_per_cell: bool = False) -> PreflightReport:
     """Read every slide of ``cohort`` and check it; see the module docstring.
+
+    The data checks of :mod:`r2t_plugin.data.checks` run on every slide and case-level bag;
+    ``one_per_cell``: two patches in one grid cell are a problem too (for R²T's coords layout).
 
     Raises :class:`PreflightError` listing every problem, unless ``skip_missing``: then the
     cases with problems are dropped (a :class:`PreflightWarning` names them) and the report's
@@ -113,8 +124,11 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
     widths: Counter[int] = Counter()
     slide_dims: list[tuple[str, str, int, str | None]] = []  # case, slide, width, path
     counts: dict[str, int] = {}
+    has_coords: dict[str, bool] = {}
+    notices: list[Problem] = []
     for case in cohort.case_ids:  # one case in memory at a time
         slide_bags: list[FeatureBag] = []
+        empty = 0  # slides without patches: left out of the case with a warning (Cohort.skip_empty)
         for slide in cohort.slides(case):
             path = cohort.slide_path(slide)
             if path is None:
@@ -123,24 +137,41 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
                 continue
             try:
                 bag = cohort.read_slide(slide, cohort.slide_mpp(case, slide))
+            except EmptySlideError as exc:
+                cohort.skip_empty(case, slide, exc)
+                empty += 1
+                continue
             except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
                 text = str(exc)
                 text = text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
                 problems.append(Problem(f"cannot use file: {text}", case, slide, str(path)))
                 continue
             bag.slide_ids = (slide,)
+            error, warning = feature_faults(bag)
+            notices += [Problem(warning, case, slide, str(path))] if warning else []
+            faults = [error] if error else grid_faults(bag, one_per_cell)
+            if faults:
+                problems += [Problem(m, case, slide, str(path)) for m in faults]
+                continue
             slide_bags.append(bag)
             widths[bag.dim] += 1
             slide_dims.append((case, slide, bag.dim, str(path)))
+        if empty and empty == len(cohort.slides(case)):
+            problems.append(Problem("empty bag: none of its slides has a patch (every feature file is empty)", case))
         if not slide_bags or len({b.dim for b in slide_bags}) > 1:
             continue  # reported below, against the cohort's width
         try:
-            if cohort.cache and case not in bad_cases and len(slide_bags) == len(cohort.slides(case)):
-                counts[case] = cohort.keep(case, assemble_case(case, slide_bags, **cohort.target(case))).n
+            if cohort.cache and case not in bad_cases and len(slide_bags) + empty == len(cohort.slides(case)):
+                whole = cohort.keep(case, assemble_case(case, slide_bags, **cohort.target(case)))
             else:
-                counts[case] = assemble_case(case, slide_bags).n
+                whole = assemble_case(case, slide_bags)
+            counts[case], has_coords[case] = whole.n, whole.coords is not None
         except ValueError as exc:
             problems.append(Problem(f"slides do not form one bag: {exc}", case))
+    problems += [Problem(m, case) for case, m in mixed_coordinates(has_coords)]
+    if notices:
+        lines = "\n".join(f"  - {p}" for p in notices)
+        warnings.warn(f"pre-flight check of {cohort.source}:\n{lines}", PreflightWarning, stacklevel=2)
     dim = widths.most_common(1)[0][0] if widths else None
     for case, slide, width, path in slide_dims:
         if width != dim:
@@ -148,7 +179,7 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
             counts.pop(case, None)
             cohort.forget(case)
     if not problems:
-        return PreflightReport(cohort, dim, n_instances=counts)
+        return PreflightReport(cohort, dim, n_instances=counts, notices=notices)
     caseless = [p for p in problems if p.case_id is None]
     if not skip_missing or caseless:
         raise PreflightError(cohort.source, problems)
@@ -158,4 +189,4 @@ def preflight(cohort: Cohort, skip_missing: bool = False) -> PreflightReport:
     warnings.warn(f"pre-flight check of {cohort.source}: dropped {len(dropped)} case(s) "
                   f"{dropped}:\n{lines}", PreflightWarning, stacklevel=2)
     return PreflightReport(cohort.subset(keep), dim, problems, dropped,
-                           {c: n for c, n in counts.items() if c in keep})
+                           {c: n for c, n in counts.items() if c in keep}, notices)

@@ -8,15 +8,22 @@ name) and ``read(path, mpp=None) -> FeatureBag`` with coordinates in level-0 pix
   Patch size from the ``coords`` attributes (``patch_size`` x ``downsample`` / at
   ``patch_level`` 0), else inferred from the coordinate spacing.
 - ``trident_h5``: TRIDENT ``{slide}.h5``: ``features``, ``coords`` whose attributes carry
-  ``patch_size_level0``, magnifications, ``overlap`` and the level-0 size.
-- ``stamp_h5``: STAMP ``{slide}.h5``: ``feats`` (N, D), ``coords`` in micrometres (root
-  attribute ``unit="um"``, ``tile_size_um``). With ``mpp`` (level-0 microns per pixel) the
+  ``patch_size_level0``, magnifications, ``overlap`` and the level-0 size. ``overlap`` is in
+  pixels at the patching magnification, so patches with overlap sit ``patch_size_level0 x
+  (1 - overlap / patch_size)`` level-0 pixels apart: the bag's ``grid_step``. A slide-level
+  file (``slide_features_<encoder>/``, ``features`` of shape (D,)) is refused by name.
+- ``stamp_h5``: STAMP ``{slide}.h5``: ``feats`` (N, D) (older files: ``patch_embeddings``;
+  float16 on disk, float32 here), ``coords`` in micrometres (root attribute ``unit="um"``
+  with ``tile_size_um``, or the older ``tile_size``). With ``mpp`` (level-0 microns per pixel) the
   coordinates are converted to pixels; without it they stay in micrometres and
   ``patch_size`` is ``tile_size_um`` (same unit, so the patch grid is unchanged);
   ``meta["coord_unit"]`` says which.
   :func:`write_clam_h5` writes this layout (tiling, synthetic cohorts).
 - ``clam_pt``: CLAM ``pt_files/{slide}.pt``: one float tensor (N, D), no coordinates.
 - ``npy``: a NumPy ``.npy`` array (N, D), no coordinates.
+
+A file with no patch (TRIDENT writes one for a slide without tissue) raises
+:class:`EmptySlideError`, so that a cohort can skip that slide alone.
 
 The readers are registered through the ``r2t_register_readers`` hook (see
 :func:`r2t_register_readers`); :func:`find_reader` picks one by sniffing.
@@ -39,7 +46,7 @@ from ..hookspecs import hookimpl
 from ..io import atomic_h5
 
 __all__ = [
-    "ReaderError", "ClamH5Reader", "TridentH5Reader", "StampH5Reader", "ClamPtReader",
+    "ReaderError", "EmptySlideError", "ClamH5Reader", "TridentH5Reader", "StampH5Reader", "ClamPtReader",
     "NpyReader", "BUILTIN_READERS", "find_reader", "read_bag", "r2t_register_readers", "write_clam_h5",
 ]
 
@@ -47,12 +54,17 @@ PathLike = str | os.PathLike
 
 _TRIDENT_ATTRS = ("patch_size", "patch_size_level0", "level0_magnification",
                   "target_magnification", "overlap", "level0_width", "level0_height")
-_STAMP_ATTRS = ("unit", "tile_size_um", "tile_size_px", "extractor")
+_STAMP_ATTRS = ("unit", "tile_size_um", "tile_size", "tile_size_px", "extractor", "stamp_version")
+_STAMP_FEATURES = ("feats", "patch_embeddings")  # the second in older STAMP files
 _NPY_MAGIC = b"\x93NUMPY"
 
 
 class ReaderError(ValueError):
     """A feature file that cannot be read; the message names the file."""
+
+
+class EmptySlideError(ReaderError):
+    """A feature file that holds no patch (0 instances); the message names the file."""
 
 
 def _plain(value: Any) -> Any:
@@ -86,27 +98,43 @@ def _features(array: np.ndarray, path: PathLike, key: str) -> torch.Tensor:
         raise ReaderError(f"{path}: {key!r} must be (N, D), got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ReaderError(f"{path}: {key!r} must be floating point, got {array.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if array.dtype.itemsize <= 4:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(array, dtype=np.float32)
+    over = (np.isinf(out) & np.isfinite(array)).any(axis=1)
+    if over.any():  # finite in the file, infinite in training's float32
+        raise ReaderError(f"{path}: {key!r}: {int(over.sum())} instance(s) have values beyond float32's range "
+                          f"(|x| up to {float(np.abs(array[over]).max()):.3g}); training uses float32: rescale them")
+    return torch.from_numpy(out)
 
 
 def _coords(array: np.ndarray, path: PathLike) -> torch.Tensor:
+    if array.size == 0:  # a slide without patches may store its coords as shape (0,)
+        array = array.reshape(0, 2)
     if array.ndim != 2 or array.shape[1] != 2:
         raise ReaderError(f"{path}: 'coords' must be (N, 2), got shape {array.shape}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _bag(path: PathLike, features: torch.Tensor, coords: torch.Tensor | None,
-         patch_size: float | None, meta: dict[str, Any]) -> FeatureBag:
+         patch_size: float | None, meta: dict[str, Any], grid_step: float | None = None) -> FeatureBag:
+    if features.shape[0] == 0:
+        raise EmptySlideError(f"{path}: no patches (0 instances; e.g. a slide without tissue)")
     try:
-        return FeatureBag(features=features, coords=coords, patch_size=patch_size,
+        return FeatureBag(features=features, coords=coords, patch_size=patch_size, grid_step=grid_step,
                           slide_ids=(Path(path).stem,), meta={"path": str(path), **meta})
     except ValueError as exc:
         raise ReaderError(f"{path}: {exc}") from exc
 
 
-def _read_h5(path: PathLike, feature_key: str) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+def _read_h5(path: PathLike, feature_key: str | tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Features, coords and the attributes of coords and of the root; ``feature_key`` a
+    dataset name, or names of which the first present is read."""
     try:
         with h5py.File(path, "r") as f:
+            if not isinstance(feature_key, str):
+                feature_key = next((k for k in feature_key if k in f), feature_key[0])
             for key in (feature_key, "coords"):
                 if key not in f:
                     raise ReaderError(f"{path}: no {key!r} dataset (found {sorted(f.keys())})")
@@ -174,10 +202,28 @@ class TridentH5Reader:
 
     def read(self, path: PathLike, mpp: float | None = None) -> FeatureBag:
         feats, coords, attrs, _ = _read_h5(path, "features")
+        if feats.ndim == 1:
+            raise ReaderError(f"{path}: a TRIDENT slide embedding ('features' of shape {feats.shape}, "
+                              "from slide_features_<encoder>/), not patch features; point cohort.features "
+                              "at the features_<encoder>/ folder")
         meta = {"format": self.name, "coord_unit": "px", "mpp": mpp,
                 **{k: attrs[k] for k in _TRIDENT_ATTRS if k in attrs}}
-        return _bag(path, _features(feats, path, "features"), _coords(coords, path),
-                    float(attrs["patch_size_level0"]), meta)
+        patch = float(attrs["patch_size_level0"])
+        return _bag(path, _features(feats, path, "features"), _coords(coords, path), patch, meta,
+                    grid_step=_trident_step(path, patch, attrs))
+
+
+def _trident_step(path: PathLike, patch_level0: float, attrs: dict[str, Any]) -> float | None:
+    """The level-0 stride of TRIDENT patches made with ``overlap`` > 0 (None without overlap):
+    ``overlap`` and ``patch_size`` are pixels at the patching magnification."""
+    overlap = float(attrs.get("overlap") or 0)
+    if overlap <= 0:
+        return None
+    size = float(attrs.get("patch_size") or 0)
+    if not 0 < overlap < size:
+        raise ReaderError(f"{path}: coords attributes overlap={overlap:g} and patch_size={size:g}: "
+                          "the overlap must be smaller than the patch")
+    return patch_level0 * (1.0 - overlap / size)
 
 
 class StampH5Reader:
@@ -186,19 +232,21 @@ class StampH5Reader:
     name = "stamp_h5"
 
     def sniff(self, path: PathLike) -> bool:
-        return {"feats", "coords"} <= _h5_layout(path)[0]
+        names = _h5_layout(path)[0]
+        return "coords" in names and any(k in names for k in _STAMP_FEATURES)
 
     def read(self, path: PathLike, mpp: float | None = None) -> FeatureBag:
-        feats, coords, _, root = _read_h5(path, "feats")
+        feats, coords, _, root = _read_h5(path, _STAMP_FEATURES)
         features, xy = _features(feats, path, "feats"), _coords(coords, path)
         meta = {"format": self.name, **{k: root[k] for k in _STAMP_ATTRS if k in root}}
         unit = str(root.get("unit", "px"))
         if unit not in ("um", "px"):
             raise ReaderError(f"{path}: unknown coordinate unit {unit!r} (expected 'um' or 'px')")
         if unit == "um":
-            if "tile_size_um" not in root:
-                raise ReaderError(f"{path}: coordinates in um but no 'tile_size_um' attribute")
-            patch = float(root["tile_size_um"])
+            size = root.get("tile_size_um", root.get("tile_size"))  # 'tile_size' + unit: STAMP v2
+            if size is None:
+                raise ReaderError(f"{path}: coordinates in um but no 'tile_size_um' (or 'tile_size') attribute")
+            patch = float(size)
             if mpp is not None:
                 if not mpp > 0:
                     raise ReaderError(f"{path}: microns per pixel must be > 0, got {mpp}")

@@ -5,6 +5,11 @@ Folds are stratified by class (classification) or by event x time quantile (surv
 validation part is stratified the same way. Splits are seeded, written as CSV
 (``fold_{i}.csv`` with columns ``case_id,part``; part in train/val/test) plus a
 ``manifest.json`` with the parameters, and reused when the folder already holds them.
+
+Folds that cannot train a model are refused before anything is written: a training part
+without a case (``val_fraction`` too large), and, given each case's target
+(:func:`fold_targets`), a training or validation part that lacks a class (survival: an
+observed event); the error lists the cases per fold and part.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import csv
 import io
 import json
 import os
-from collections.abc import Hashable, Sequence
+from collections import Counter
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,8 @@ import numpy as np
 from ..io import atomic_write_text
 
 __all__ = ["Fold", "SplitError", "make_folds", "survival_strata", "cohort_strata", "write_folds",
-           "read_folds", "load_or_make_folds", "check_folds"]
+           "read_folds", "load_or_make_folds", "check_folds", "target_counts", "check_class_counts",
+           "fold_targets", "check_fold_targets"]
 
 PARTS = ("train", "val", "test")
 
@@ -53,6 +60,69 @@ def cohort_strata(cohort) -> list[Hashable]:
     if cohort.kind == "classification":
         return cohort.labels()
     return survival_strata(*cohort.survival())
+
+
+def target_counts(cohort) -> dict[str, int]:
+    """Cases per class, in class order (classification), or ``{"event": n, "censored": m}``."""
+    if cohort.kind == "classification":
+        found = Counter(cohort.labels())
+        return {str(name): found.get(i, 0) for i, name in enumerate(cohort.classes)}
+    events = sum(cohort.survival()[1])
+    return {"event": events, "censored": len(cohort) - events}
+
+
+def check_class_counts(counts: Mapping[str, int], k: int, explicit: bool = False) -> None:
+    """Raise :class:`SplitError` naming each class with cases, but fewer than ``k`` (the
+    folds): usually a label typo that made a class of its own. ``explicit``: the classes
+    were listed by the user, so small ones are meant (the folds are still checked)."""
+    small = {c: n for c, n in counts.items() if 0 < n < k}
+    if explicit or not small:
+        return
+    names = ", ".join(f"{c!r} has {n} case(s)" for c, n in small.items())
+    raise SplitError(f"class {names}, fewer than the {k} folds (each training and validation part needs one; "
+                     f"classes: {dict(counts)}): fix the label if it is a typo, lower folds, or list the "
+                     "classes under cohort.classes to keep it")
+
+
+def fold_targets(cohort) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(target per case, the targets every training and validation part needs): the class
+    name and the classes with cases (classification), or event / censored and the event."""
+    if cohort.kind == "classification":
+        targets = {c: str(cohort.classes[y]) for c, y in zip(cohort.case_ids, cohort.labels())}
+        return targets, tuple(dict.fromkeys(str(x) for x in cohort.classes if str(x) in targets.values()))
+    events = cohort.survival()[1]
+    return {c: "event" if e else "censored" for c, e in zip(cohort.case_ids, events)}, ("event",)
+
+
+def _fold_table(folds: Sequence["Fold"], targets: Mapping[str, str]) -> str:
+    lines = []
+    for fold in folds:
+        parts = []
+        for part in PARTS:
+            ids = getattr(fold, part)
+            found = Counter(targets.get(c, "?") for c in ids)
+            parts.append(f"{part} {len(ids)} (" + ", ".join(f"{t!r} {n}" for t, n in sorted(found.items())) + ")")
+        lines.append(f"  fold {fold.index}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def check_fold_targets(folds: Sequence["Fold"], targets: Mapping[str, str], need: Collection[str],
+                       where: str = "splits") -> None:
+    """Raise :class:`SplitError` if a fold's training or validation part has no case or
+    lacks one of ``need``; the message lists every fold's cases per part and target."""
+    faults = []
+    for fold in folds:
+        for part, label in (("train", "training"), ("val", "validation"), ("test", "test")):
+            ids = getattr(fold, part)
+            have = {targets.get(c) for c in ids}
+            if not ids:
+                faults.append(f"fold {fold.index}'s {label} part has no case")
+            elif part != "test" and (lack := [t for t in need if t not in have]):
+                faults.append(f"fold {fold.index}'s {label} part has no case of {', '.join(map(repr, lack))}")
+    if faults:
+        raise SplitError(f"{where}: no model can be trained and selected on these folds ({'; '.join(faults)}); "
+                         "use fewer folds, another val_fraction or more cases. Cases per fold and part:\n"
+                         + _fold_table(folds, targets))
 
 
 def _groups(case_ids: Sequence[str], strata: Sequence[Hashable]) -> dict[str, list[str]]:
@@ -105,14 +175,20 @@ def make_folds(case_ids: Sequence[str], strata: Sequence[Hashable], k: int = 5,
         test = [c for c in case_ids if fold_of[c] == f]
         rest = [c for c in case_ids if fold_of[c] != f]
         train, val = _carve(rest, stratum, val_fraction, np.random.default_rng([seed, f]))
+        if not train:
+            raise SplitError(f"val_fraction {val_fraction:g} leaves no training case: fold {f} has {len(rest)} "
+                             f"case(s) outside its test part and {len(val)} go to validation; lower val_fraction "
+                             "(or folds)")
         folds.append(Fold(f, tuple(train), tuple(val), tuple(test)))
     check_folds(folds)
     return folds
 
 
-def check_folds(folds: Sequence[Fold], case_ids: Sequence[str] | None = None, where: str = "splits") -> None:
-    """Raise :class:`SplitError` if a case is in two parts of a fold, in two test parts, or
-    (with ``case_ids``) if a fold does not cover exactly ``case_ids``."""
+def check_folds(folds: Sequence[Fold], case_ids: Sequence[str] | None = None, where: str = "splits",
+                disjoint_tests: bool = True) -> None:
+    """Raise :class:`SplitError` if a case is in two parts of a fold, in two test parts (unless
+    ``disjoint_tests`` is False: repeated random splits such as CLAM's), or (with
+    ``case_ids``) if a fold does not cover exactly ``case_ids``."""
     tested: dict[str, int] = {}
     for fold in folds:
         parts = {p: set(getattr(fold, p)) for p in PARTS}
@@ -122,7 +198,7 @@ def check_folds(folds: Sequence[Fold], case_ids: Sequence[str] | None = None, wh
                 if both:
                     raise SplitError(f"{where}: fold {fold.index}: case(s) {sorted(both)[:10]} "
                                      f"in both {a} and {b}")
-        for c in fold.test:
+        for c in fold.test if disjoint_tests else ():
             if c in tested:
                 raise SplitError(f"{where}: case {c!r} is in the test part of folds {tested[c]} and {fold.index}")
             tested[c] = fold.index
@@ -167,14 +243,19 @@ def read_folds(directory: str | os.PathLike) -> list[Fold]:
                     raise SplitError(f"{path}: line {n}: expected case_id and part in {PARTS}, got {row}")
                 parts[row["part"]].append(row["case_id"])
         folds.append(Fold(i, *(tuple(parts[p]) for p in PARTS)))
-    check_folds(folds, where=str(directory))
+    manifest = directory / "manifest.json"
+    saved = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    check_folds(folds, where=str(directory), disjoint_tests=saved.get("disjoint_tests", True))
     return folds
 
 
 def load_or_make_folds(directory: str | os.PathLike, case_ids: Sequence[str], strata: Sequence[Hashable],
-                       k: int = 5, val_fraction: float = 0.2, seed: int = 0) -> list[Fold]:
+                       k: int = 5, val_fraction: float = 0.2, seed: int = 0,
+                       targets: tuple[Mapping[str, str], Collection[str]] | None = None) -> list[Fold]:
     """Reuse the folds in ``directory`` if there are any (checked against ``case_ids`` and
-    the parameters), else make, write and return new ones."""
+    the parameters), else make, write and return new ones. ``targets``: (target per case,
+    targets each training and validation part needs), as :func:`fold_targets` gives them;
+    the folds are checked with :func:`check_fold_targets` before they are written."""
     directory = Path(directory)
     params = {"k": k, "val_fraction": val_fraction, "seed": seed}
     if (directory / "manifest.json").is_file():
@@ -186,7 +267,11 @@ def load_or_make_folds(directory: str | os.PathLike, case_ids: Sequence[str], st
                              f"(saved, asked): {differ}; delete the folder or use another")
         folds = read_folds(directory)
         check_folds(folds, case_ids, where=str(directory))
+        if targets is not None:
+            check_fold_targets(folds, *targets, where=str(directory))
         return folds
     folds = make_folds(case_ids, strata, k, val_fraction, seed)
+    if targets is not None:
+        check_fold_targets(folds, *targets)
     write_folds(folds, directory, params)
     return folds

@@ -19,8 +19,9 @@ class Aggregator(nn.Module):
 
     ``forward(x, mask=None, coords=None, patch_size=None, label=None)``: ``x`` a (B, N, D)
     or (N, D) tensor or a :class:`~r2t_plugin.bag.BagBatch` (which brings its own mask,
-    coordinates and patch sizes); ``mask`` (B, N) bool, True = real instance; ``coords``
-    (B, N, 2) level-0 pixels; ``patch_size`` a number or (B,); ``label`` (B,), used only by
+    coordinates and grid steps); ``mask`` (B, N) bool, True = real instance; ``coords``
+    (B, N, 2) level-0 pixels; ``patch_size`` a number or (B,): the side of a grid cell (the
+    patch size, or the stride of overlapping patches); ``label`` (B,), used only by
     models with an auxiliary loss (returned as ``"aux_loss"``, to be added to the bag loss).
     Returns a dict with ``"logits"`` (B, n_out) and ``"instance_scores"`` (B, N) or
     (B, n_branches, N); padded positions score 0. A single (N, D) bag gives B = 1. Every
@@ -44,7 +45,7 @@ class Aggregator(nn.Module):
     def forward(self, x: Tensor | BagBatch, mask: Tensor | None = None, coords: Tensor | None = None,
                 patch_size: float | Tensor | None = None, label: Tensor | None = None) -> dict[str, Tensor]:
         if isinstance(x, BagBatch):
-            x, mask, coords, patch_size = x.features, x.mask, x.coords, x.patch_size
+            x, mask, coords, patch_size = x.features, x.mask, x.coords, x.grid_step
         if x.dim() == 2:
             x = x.unsqueeze(0)
             mask = None if mask is None else mask.unsqueeze(0)

@@ -142,3 +142,36 @@ def test_readme_example_config_is_valid():
     cfg = parse_config(yaml.safe_load(block), "/base")
     assert [v.name for v in cfg.variants] == ["plain", "r2t_coords", "r2t_seq"]
     assert cfg.aggregators[2].id == "clam_small" and cfg.seeds == (0, 1, 2)
+
+
+def test_stamp_and_trident_cohort_keys():
+    cfg = parse_config(_with(cohort__case_column="PATIENT", cohort__slide_column="FILENAME",
+                             cohort__mpp_column="MPP", cohort__encoder="uni_v1"), "/base")
+    c = cfg.cohort
+    assert (c.case_column, c.slide_column, c.mpp_column, c.encoder) == ("PATIENT", "FILENAME", "MPP", "uni_v1")
+    plain = parse_config(BASE, "/base").cohort
+    assert (plain.case_column, plain.slide_column, plain.mpp_column, plain.encoder) == ("case_id", "slide_id",
+                                                                                        None, None)
+    problems = _problems(_with(cohort__mpp_column=0.5))
+    assert problems == ["cohort.mpp_column: expected a string or null, got float 0.5"]
+
+
+def test_clam_splits_key(tmp_path):
+    folder = tmp_path / "splits" / "task_1_100"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"splits_{i}.csv").write_text(",train,val,test\n0,a,b,c\n")
+        (folder / f"splits_{i}_bool.csv").write_text(",train,val,test\na,True,False,False\n")
+    cfg = copy.deepcopy(BASE)
+    del cfg["folds"]
+    cfg["splits"] = "splits/task_1_100"
+    parsed = parse_config(cfg, tmp_path)
+    assert parsed.splits == tuple(folder / f"splits_{i}.csv" for i in range(3)) and parsed.folds == 3
+    listed = parse_config({**cfg, "splits": [str(folder / "splits_1.csv"), str(folder / "splits_0.csv")]}, tmp_path)
+    assert listed.folds == 2 and [p.name for p in listed.splits] == ["splits_1.csv", "splits_0.csv"]
+    assert parse_config(BASE, "/base").splits is None
+    with pytest.raises(ConfigError) as err:
+        parse_config({**cfg, "folds": 5}, tmp_path)
+    assert err.value.problems == ["folds: 5, but splits names 3 CLAM file(s), one fold each; remove folds"]
+    with pytest.raises(ConfigError, match=r"splits: no such split file\(s\) \[.*nowhere'\]"):
+        parse_config({**cfg, "splits": "nowhere"}, tmp_path)
