@@ -175,3 +175,23 @@ def test_clam_splits_key(tmp_path):
     assert err.value.problems == ["folds: 5, but splits names 3 CLAM file(s), one fold each; remove folds"]
     with pytest.raises(ConfigError, match=r"splits: no such split file\(s\) \[.*nowhere'\]"):
         parse_config({**cfg, "splits": "nowhere"}, tmp_path)
+
+
+def test_readme_formats_configs_are_valid(tmp_path):
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Formats"):readme.index("## Heatmaps")]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    assert len(blocks) == 3
+    clam_folder = tmp_path / blocks[0]["splits"]
+    clam_folder.mkdir(parents=True)
+    for i in range(2):
+        (clam_folder / f"splits_{i}.csv").write_text(",train,val,test\n0,a,b,c\n")
+    clam, trident, stamp = (parse_config({**b, "aggregators": ["abmil"], "output": "out"}, tmp_path) for b in blocks)
+    assert clam.folds == 2 and clam.cohort.case_column == "case_id"
+    assert trident.cohort.encoder == "uni_v1"
+    assert (stamp.cohort.case_column, stamp.cohort.slide_column, stamp.cohort.mpp_column) == ("PATIENT", "FILENAME",
+                                                                                           "MPP")

@@ -150,12 +150,29 @@ def test_trident_overlap_through_an_aggregator_and_a_case_of_two_slides(tmp_path
     assert len({tuple(c) for c in cells.tolist()}) == bag.n
     from r2t_plugin.plugins import registry
 
-    for name in ("r2t_abmil", "patch_gcn"):
-        kw = {"layout": "coords"} if name == "r2t_abmil" else {}
-        model = registry("aggregators").create(name, in_dim=4, n_out=2, **kw).eval()
-        with torch.no_grad():
-            out = model(BagBatch.collate([bag]))
-        assert out["logits"].shape == (1, 2)
+    # R²T's coords layout: with the patch size as the cell, two patches would share one
+    model = registry("aggregators").create("r2t_abmil", in_dim=4, n_out=2, layout="coords").eval()
+    with torch.no_grad():
+        assert model(BagBatch.collate([bag]))["logits"].shape == (1, 2)
+    # patch_gcn builds its 8-neighbour graph on the stride
+    gcn = registry("aggregators").create("patch_gcn", in_dim=4, n_out=2).eval()
+    seen = []
+    edges = gcn.edges
+    gcn.edges = lambda coords, ps: seen.append(ps) or edges(coords, ps)
+    with torch.no_grad():
+        gcn(BagBatch.collate([bag]))
+    assert seen == [384.0]
+
+
+def test_batches_collate_the_grid_step_of_each_bag(tmp_path):
+    stepped = read_bag(trident_h5(tmp_path / "a.h5", BLOCK, overlap=128))
+    plain = read_bag(trident_h5(tmp_path / "b.h5", BLOCK[:3]))
+    batch = BagBatch.collate([stepped, plain])
+    assert batch.grid_step.tolist() == [256.0, 512.0] and batch.patch_size.tolist() == [512.0, 512.0]
+    back = batch.unbatch()
+    assert (back[0].grid_step, back[0].patch_size) == (256.0, 512.0)
+    assert (back[1].grid_step, back[1].cell_size) == (None, 512.0)
+    assert stepped.to("cpu").grid_step == 256.0
 
 
 def test_trident_zero_patch_slide_is_skipped_alone_with_a_warning(tmp_path):
