@@ -41,11 +41,13 @@ class _Default:
         return f"_DEFAULTS[{self.key!r}]"
 
 
-def _method_signature(method: Any, name: str) -> inspect.Signature:
-    sig = inspect.signature(method)
-    if "X" not in sig.parameters:
-        raise AdapterError(f"{name} takes no X argument: not torchmil's MILModel API")
-    return sig
+def _method_signature(cls: type, method: str) -> inspect.Signature:
+    """The signature of ``cls.<method>`` without ``self``."""
+    sig = inspect.signature(getattr(cls, method))
+    params = list(sig.parameters.values())[1:]
+    if not any(p.name == "X" for p in params):
+        raise AdapterError(f"{cls.__name__}.{method} takes no X argument: not torchmil's MILModel API")
+    return sig.replace(parameters=params)
 
 
 def _with_extras(sig: inspect.Signature, method: str, defaults: dict[str, Any]) -> str:
@@ -67,15 +69,14 @@ def _with_extras(sig: inspect.Signature, method: str, defaults: dict[str, Any]) 
     return f"def {method}{rendered}:\n    return self._dispatch({method!r}, locals())\n"
 
 
-def _wrapper_class(inner: nn.Module) -> type:
+def _wrapper_class(cls: type) -> type:
     """``R2T<Model>``: :class:`TorchmilWrapper` and torchmil's ``MILModel``, with the
-    inner model's signatures (made once per model class)."""
-    cls = type(inner)
+    signatures of the model class ``cls`` (made once per class)."""
     if cls in _CLASSES:
         return _CLASSES[cls]
     mil_model = importlib.import_module("torchmil.models.mil_model").MILModel
     defaults: dict[str, Any] = {}
-    sigs = {m: _method_signature(getattr(inner, m), f"{cls.__name__}.{m}") for m in METHODS}
+    sigs = {m: _method_signature(cls, m) for m in METHODS}
     namespace: dict[str, Any] = {"_DEFAULTS": defaults}
     exec(compile("".join(_with_extras(sigs[m], m, defaults) for m in METHODS),  # noqa: S102 - see module doc
                  f"<r2t_torchmil wrapper of {cls.__qualname__}>", "exec"), namespace)
@@ -87,9 +88,15 @@ def _wrapper_class(inner: nn.Module) -> type:
     return made
 
 
+def _empty_wrapper(cls: type) -> TorchmilWrapper:
+    """An uninitialised wrapper of model class ``cls`` (unpickling fills it)."""
+    made = _wrapper_class(cls)
+    return made.__new__(made)
+
+
 def make_wrapper(inner: nn.Module, stage: nn.Module, placement: str, hook_path: str | None) -> TorchmilWrapper:
     """The wrapper of a torchmil model (a subclass of its ``MILModel`` base)."""
-    return _wrapper_class(inner)(inner, stage, placement, hook_path)
+    return _wrapper_class(type(inner))(inner, stage, placement, hook_path)
 
 
 class TorchmilWrapper(R2TWrapper):
@@ -98,6 +105,10 @@ class TorchmilWrapper(R2TWrapper):
     inner model's method of that name with the stage applied to ``X``'s instances."""
 
     _signatures: dict[str, inspect.Signature] = {}
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # the class is made at run time: pickle (torch.save(model)) rebuilds it from the model's
+        return _empty_wrapper, (type(self.inner),), self.__getstate__()
 
     def _dispatch(self, method: str, values: dict[str, Any]) -> Any:
         values = dict(values)

@@ -1,6 +1,9 @@
 """with_r2t(torchmil model) is still a torchmil model: MILModel API, torchmil's Trainer."""
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -166,3 +169,14 @@ def test_not_a_milmodel_api():
 
     with pytest.raises(AdapterError, match="Odd.predict takes no X argument"):
         with_r2t(Odd(), stage="identity")
+
+
+def test_pickles_and_deep_copies_like_a_module():
+    """torch.save(model) pickles it; the class made at run time is rebuilt, hook included."""
+    w = with_r2t(abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU())), **STAGE).eval()
+    x = torch.randn(2, 9, D)
+    for other in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w)):
+        assert type(other) is type(w) and other.inner is not w.inner
+        torch.testing.assert_close(other(x), w(x))
+        hook = next(iter(other.inner.feat_ext._forward_hooks.values()))
+        assert hook.__self__ is other  # the copy's stage runs, not the original's
