@@ -73,3 +73,34 @@ def test_collate_stays_on_the_bags_device():
     for name in ("features", "mask", "coords", "patch_size", "label", "time", "event"):
         assert getattr(batch, name).device.type == "cuda", name
     assert batch.to_pyg().edge_index.device.type == "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_finite_check_is_exact_whatever_the_sum_does(dtype):
+    big = torch.finfo(dtype).max / 2
+    FeatureBag(torch.full((8, 4), big, dtype=dtype))  # finite, though the sum overflows
+    FeatureBag(torch.full((8, 4), big, dtype=dtype), coords=torch.full((8, 2), 3e38))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(6, 4).to(dtype)
+        x[4, 1] = bad
+        with pytest.raises(BagError, match="1 instance"):
+            FeatureBag(x, case_id="s1")
+    x = torch.randn(6, 4).to(dtype)
+    x[0, 0], x[1, 0] = float("inf"), -float("inf")  # their sum is NaN
+    with pytest.raises(BagError, match="2 instance"):
+        FeatureBag(x)
+    with pytest.raises(BagError, match="coords contain NaN"):
+        FeatureBag(torch.randn(2, 4), coords=torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
+
+
+def test_values_already_checked_are_not_scanned_again(monkeypatch):
+    import r2t_plugin.bag as bag_mod
+
+    calls = []
+    real = bag_mod._all_finite
+    monkeypatch.setattr(bag_mod, "_all_finite", lambda t: calls.append(t.shape) or real(t))
+    b = bag(5)
+    assert len(calls) == 2  # features and coords, once each
+    b.to("cpu")
+    FeatureBag(b.features, coords=b.coords, check_values=False)
+    assert len(calls) == 2

@@ -4,6 +4,10 @@ It also guards resuming: an output folder whose manifest describes other data or
 settings for the same aggregator ids / variant names is refused, so results of two
 different comparisons never mix in one ``results.csv``. Adding aggregators, variants or
 seeds to a finished comparison is allowed.
+
+Feature files are recorded by their path relative to the features folder. Their sha256 is
+kept in ``hashes.json`` in the output folder with each file's size and ``mtime_ns``; a
+later launch rehashes only the files whose size or modification time changed.
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .config import CompareConfig
+from .folder import MANIFEST_FORMAT
 from ..io import atomic_write_json, sha256_file
 
 __all__ = ["build_manifest", "check_resumable", "write_manifest", "package_versions", "git_commit",
-           "ManifestMismatch"]
+           "ManifestMismatch", "hash_data", "feature_key"]
 
 PACKAGES = ("r2t-plugin", "torch", "numpy", "scipy", "scikit-learn", "scikit-survival", "pandas", "h5py",
             "torch-geometric", "pluggy", "matplotlib", "pyyaml", "tqdm", "torchmil", "ray")
@@ -71,15 +76,57 @@ def _fingerprint(config: CompareConfig, data: dict[str, Any]) -> dict[str, Any]:
     })
 
 
-def hash_data(csv: Path, files: Iterable[Path]) -> dict[str, Any]:
-    """sha256 of the cohort table and of every feature file (by file name)."""
-    return {"cohort_csv": sha256_file(csv),
-            "feature_files": {p.name: sha256_file(p) for p in sorted(set(files))}}
+def feature_key(path: Path, roots: Sequence[Path]) -> str:
+    """``path`` relative to the features folder holding it (``s1/x.h5``); with several
+    folders, prefixed by the folder's index (``features[1]/s1/x.h5``)."""
+    for i, root in enumerate(roots):
+        try:
+            rel = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            continue
+        return rel if len(roots) == 1 else f"features[{i}]/{rel}"
+    return Path(path).as_posix()
+
+
+def _read_cache(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            files = json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # unreadable: everything is hashed again
+    return files if isinstance(files, dict) else {}
+
+
+def hash_data(csv: Path, files: Iterable[Path], roots: Sequence[Path],
+              cache: Path | None = None) -> dict[str, Any]:
+    """sha256 of the cohort table and of every feature file, keyed by :func:`feature_key`.
+
+    With ``cache`` (a JSON file), a file whose size and ``mtime_ns`` match its cached entry
+    is not read again; the cache is rewritten with the current files when anything changed.
+    """
+    old = _read_cache(cache)
+    new: dict[str, dict[str, Any]] = {}
+    for p in sorted(set(files)):
+        key = feature_key(p, roots)
+        st = p.stat()  # before reading: a change while hashing shows on the next launch
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        hit = old.get(key)
+        if isinstance(hit, dict) and all(hit.get(k) == v for k, v in entry.items()) and "sha256" in hit:
+            entry["sha256"] = hit["sha256"]
+        else:
+            entry["sha256"] = sha256_file(p)
+        new[key] = entry
+    if cache is not None and new != old:
+        atomic_write_json(cache, {"files": new})
+    return {"cohort_csv": sha256_file(csv), "feature_files": {k: v["sha256"] for k, v in new.items()}}
 
 
 def build_manifest(config: CompareConfig, data: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a comparison."""
     return {
+        "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": _jsonable(config.raw),
         "resolved": {"cohort_csv": str(config.cohort.csv), "features": [str(p) for p in config.cohort.features],
@@ -99,7 +146,7 @@ def check_resumable(path: Path, manifest: dict[str, Any]) -> None:
     with open(path, encoding="utf-8") as f:
         old = json.load(f).get("fingerprint", {})
     new = manifest["fingerprint"]
-    runtime = {"cohort": ("cache",), "training": ("num_threads",)}  # do not change results
+    runtime = {"cohort": ("cache",), "training": ("num_threads", "num_workers")}  # do not change results
 
     def part(fp: dict[str, Any], key: str) -> Any:
         value = fp.get(key)
