@@ -6,13 +6,17 @@ the target's folder and moved into place with ``os.replace``, so a reader (or a 
 resumes after a crash) sees the old file or the complete new one, never half of one. An
 interrupted write leaves at most a temporary file whose name :func:`is_temp_file`
 recognises (``.{name}.r2t-{8 hex}.tmp``), which ``r2t compare`` removes on its next start.
+An ``OSError`` of a write (disk full, permission denied) names the target file;
+:func:`describe_os_error` turns one into a one-line message for the user.
 
 Output files get the mode ``0o666`` filtered by the process umask, like any file opened
 with ``open(path, "w")`` (the temporary file is created with that mode, not ``0o600``).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 __all__ = ["TEMP_GLOB", "is_temp_file", "atomic_path", "atomic_write", "atomic_write_bytes",
            "atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomic_h5",
-           "sha256_file", "safe_name"]
+           "sha256_file", "safe_name", "describe_os_error"]
 
 TEMP_GLOB = ".*.r2t-*.tmp"
 """``Path.glob`` pattern of the temporary files :func:`atomic_path` creates."""
@@ -55,12 +59,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On success the file is flushed to disk and renamed to ``path`` (parent folders are
     created); on any exception, KeyboardInterrupt included, it is removed and ``path`` is
-    left as it was.
+    left as it was. An ``OSError`` that names no file, or the temporary one, is raised again
+    naming ``path`` (same errno, so ``ENOSPC`` stays recognisable).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path.parent, path.name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path.parent, path.name)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -68,8 +74,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None or exc.filename not in (None, str(tmp), tmp):
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -100,13 +111,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically.
 
     Keep ``obj`` to tensors, dicts, lists and numbers, so that
-    ``torch.load(path, weights_only=True)`` reads it back.
+    ``torch.load(path, weights_only=True)`` reads it back. The object is serialised in
+    memory first, so a failed write (e.g. a full disk) is an ``OSError`` naming ``path``
+    rather than a torch-internal error.
     """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 @contextmanager
@@ -133,3 +146,18 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def safe_name(text: str) -> str:
     """``text`` with every run of characters unsafe in a file name replaced by ``-``."""
     return _UNSAFE.sub("-", text)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A one-line message for a failed file operation: what, which file, how to fix."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on device while writing {where}; free some space (or choose an output "
+                "folder on a larger disk) and run the same command again: finished runs are kept")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied for {where}; choose a folder you can write to, or fix its permissions"
+    if exc.errno == errno.ENOENT:
+        return f"no such file or folder: {where}; check the path"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long: {str(where)[:80]}...; use shorter names"
+    return f"{exc.strerror or type(exc).__name__}: {where}"

@@ -11,7 +11,7 @@ import torch
 
 from r2t_plugin.io import (TEMP_GLOB, atomic_h5, atomic_path, atomic_torch_save, atomic_write,
                            atomic_write_bytes, atomic_write_json, atomic_write_text, is_temp_file,
-                           safe_name, sha256_file)
+                           describe_os_error, safe_name, sha256_file)
 
 
 def test_writers_round_trip(tmp_path) -> None:
@@ -103,3 +103,24 @@ def test_safe_name() -> None:
     assert safe_name("abmil+r2t/seed 1") == "abmil-r2t-seed-1"
     assert safe_name("TCGA-AB-1234.svs") == "TCGA-AB-1234.svs"
     assert safe_name("a//b::c") == "a-b-c"
+
+
+@pytest.mark.parametrize("write", [lambda p: atomic_torch_save({"w": torch.ones(3)}, p),
+                                   lambda p: atomic_write_text(p, "new")])
+def test_a_full_disk_is_an_oserror_naming_the_target(tmp_path, monkeypatch, write) -> None:
+    import errno
+
+    import r2t_plugin.io as r2t_io
+
+    target = tmp_path / "best.pt"
+    target.write_bytes(b"old")
+
+    def full(fd):  # delayed allocation: a full disk often shows only at fsync
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(r2t_io.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        write(target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert describe_os_error(info.value).startswith(f"no space left on device while writing {target};")

@@ -5,10 +5,11 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "demo_config", "demo_spec"]
+__all__ = ["add_arguments", "run", "demo_config", "demo_spec", "user_errors"]
 
 
 def demo_spec(task: str = "binary"):
@@ -61,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 "
                                           "or auto); without it a local Ray instance is started")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the Python traceback too (by default: one line)")
 
 
 def _cache_dir(arg: str | None) -> Path:
@@ -70,13 +73,28 @@ def _cache_dir(arg: str | None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "r2t-plugin"
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean a mistake in the config, the data or the output folder
+    (each names what, where and how to fix it); ``OSError`` is described by
+    :func:`r2t_plugin.io.describe_os_error`."""
+    from ..bag import BagError
+    from ..data import CohortError, PreflightError, ReaderError, SplitError
+    from .config import ConfigError
+    from .folder import OutputError
+    from .manifest import ManifestMismatch
+    from .results import ResultsError
+
+    return (ConfigError, ManifestMismatch, OutputError, CohortError, PreflightError, SplitError,
+            ReaderError, BagError, ResultsError)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``r2t compare``; returns the exit status."""
+    """Entry point of ``r2t compare``; returns the exit status (2: a mistake, told in one line)."""
     from dataclasses import replace
 
+    from ..io import describe_os_error
     from .config import ConfigError, load_config, parse_config
     from .engines import get_engine
-    from .manifest import ManifestMismatch
     from .runner import run_compare
 
     if bool(args.demo) == bool(args.config):
@@ -103,16 +121,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(["--address: joins a Ray cluster; use it with --engine ray"], "command line")
         engine = get_engine(config)  # fails now (e.g. Ray not installed), before any work
         outcome = run_compare(config, engine=engine, progress=not args.quiet, title=title)
-    except (ConfigError, ManifestMismatch) as exc:
-        print(f"r2t compare: {exc}", file=sys.stderr)
+    except Exception as exc:  # a user's mistake (or a full disk) is one line; --debug adds the traceback
+        if not isinstance(exc, (OSError, *user_errors())):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"r2t compare: {describe_os_error(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # preflight and split errors carry their own explanation
-        from ..data import PreflightError, SplitError
-
-        if isinstance(exc, (PreflightError, SplitError)):
-            print(f"r2t compare: {exc}", file=sys.stderr)
-            return 2
-        raise
     print(outcome.summary)
     print(f"wall time {time.perf_counter() - t0:.1f} s; outputs in {outcome.output}")
     return 1 if outcome.failed else 0

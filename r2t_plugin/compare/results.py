@@ -18,12 +18,33 @@ import pandas as pd
 
 from ..io import atomic_write_text
 
-__all__ = ["KEY_COLUMNS", "ResultsTable", "metric_columns", "read_rows", "with_status"]
+__all__ = ["KEY_COLUMNS", "ResultsTable", "ResultsError", "metric_columns", "read_rows", "with_status"]
 
 KEY_COLUMNS = ("run_id", "aggregator", "variant", "fold", "seed", "status")
 RUN_COLUMNS = ("epochs", "best_epoch", "seconds", "peak_memory_mb", "params")
 # columns that depend on the machine and load, not on the computation
 TIMING_COLUMNS = ("seconds", "peak_memory_mb")
+
+
+class ResultsError(ValueError):
+    """A ``results.csv`` that this package did not write completely (truncated, edited)."""
+
+
+def _check_complete(path: Path) -> None:
+    """Raise :class:`ResultsError` unless ``path`` is a whole table as :class:`ResultsTable` writes it:
+    a header with the key columns, every row as wide, a final newline."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = list(csv.reader(io.StringIO(text)))
+    problem = None
+    if not rows or any(k not in rows[0] for k in KEY_COLUMNS):
+        problem = f"its header lacks the key columns {list(KEY_COLUMNS)}"
+    elif not text.endswith("\n"):
+        problem = "its last line is incomplete (the file was cut short)"
+    elif bad := [i + 1 for i, r in enumerate(rows) if len(r) != len(rows[0])]:
+        problem = f"line {bad[0]} has a different number of fields than the header"
+    if problem:
+        raise ResultsError(f"{path}: {problem}; restore the file, or delete it and run the same command again "
+                           "(finished runs are read back from runs/ without training again)")
 
 
 def _column_rank(name: str) -> tuple[int, str]:
@@ -89,6 +110,7 @@ class ResultsTable:
         self._rank = {rid: i for i, rid in enumerate(order or [])}
         self._rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
+            _check_complete(self.path)
             self._rows = {row["run_id"]: row for row in read_rows(self.path)}
 
     def rows(self) -> list[dict[str, Any]]:

@@ -40,6 +40,15 @@ def tiny_config(tiny_cohort, tmp_path):
     })
 
 
+@pytest.fixture
+def mini_config(tiny_config):
+    """The smallest grid that writes every output: mean-MIL, plain, 2 folds, 1 epoch (~1 s)."""
+    tiny_config["aggregators"] = [tiny_config["aggregators"][1]]
+    tiny_config["variants"] = [{"name": "plain"}]
+    tiny_config["training"]["epochs"] = 1
+    return tiny_config
+
+
 def write_yaml(path, data) -> str:
     path.write_text(yaml.safe_dump(data))
     return str(path)

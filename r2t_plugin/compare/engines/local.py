@@ -75,22 +75,26 @@ class LocalEngine:
                                  initargs=(self.threads or 1, os.getpid())) as pool:
             pending = {pool.submit(run_cell, cell, plan): cell for cell in cells}
             bars: dict[Any, Any] = {}
-            while pending:
-                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                if show:
-                    for fut, cell in pending.items():
-                        if fut.running() and fut not in done and (plan.run_root / cell.run_id).is_dir():
-                            bar = bars.get(fut)
-                            if bar is None:
-                                bar = bars[fut] = ProgressBar(epochs, cell.run_id, "epoch", leave=False)
-                            bar.advance_to(_epochs_logged(plan.run_root / cell.run_id))
-                for fut in done:
-                    cell = pending.pop(fut)
-                    if fut in bars:
-                        bars.pop(fut).close()
-                    try:
-                        outcome = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker process died (e.g. killed for memory)
-                        row = {**cell.key(), "status": "failed", "error": f"worker process failed: {exc!r}"[:500]}
-                        outcome = CellOutcome(row, [], traceback.format_exc())
-                    yield cell, outcome
+            try:
+                while pending:
+                    done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                    if show:
+                        for fut, cell in pending.items():
+                            if fut.running() and fut not in done and (plan.run_root / cell.run_id).is_dir():
+                                bar = bars.get(fut)
+                                if bar is None:
+                                    bar = bars[fut] = ProgressBar(epochs, cell.run_id, "epoch", leave=False)
+                                bar.advance_to(_epochs_logged(plan.run_root / cell.run_id))
+                    for fut in done:
+                        cell = pending.pop(fut)
+                        if fut in bars:
+                            bars.pop(fut).close()
+                        try:
+                            outcome = fut.result()
+                        except Exception as exc:  # noqa: BLE001 - a worker process died (e.g. killed for memory)
+                            row = {**cell.key(), "status": "failed", "error": f"worker process failed: {exc!r}"[:500]}
+                            outcome = CellOutcome(row, [], traceback.format_exc())
+                        yield cell, outcome
+            finally:  # the driver stopped early (disk full, Ctrl-C): start no further cell
+                for fut in pending:
+                    fut.cancel()

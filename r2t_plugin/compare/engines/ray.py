@@ -108,7 +108,8 @@ class RayEngine:
                         outcome = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - a dead worker must not stop the grid
                         outcome = _crashed(cell, exc)
-                    if outcome.traceback is not None and attempts[cell.run_id] < self.retries:
+                    if (outcome.traceback is not None and outcome.disk_full is None
+                            and attempts[cell.run_id] < self.retries):
                         attempts[cell.run_id] += 1
                         submit(cell)
                         continue
