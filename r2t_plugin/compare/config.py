@@ -20,8 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -29,23 +28,11 @@ from ..data.cache import CACHE_DTYPES, parse_size
 from ..r2t.stage import R2T
 from ..train import TrainConfig, TrainConfigError
 from ..wrap import PLACEMENTS, with_r2t
+from .schema import Checker, ConfigError, accepted_types, literal_choices, positive, resolve_path
 from .variants import ABLATION_KEYS, ablation_base, ablation_variants
 
 __all__ = ["ConfigError", "CohortConfig", "AggregatorConfig", "VariantConfig", "CompareConfig",
            "load_config", "parse_config", "TRAINING_KEYS", "STAGE_OPTIONS", "r2t_option_names", "check_device"]
-
-_REQUIRED = object()
-
-
-class ConfigError(ValueError):
-    """An invalid compare configuration; ``problems`` lists every ``path: message``."""
-
-    def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = list(problems)
-        if len(self.problems) == 1:  # one line
-            super().__init__(f"{source}: {self.problems[0]}")
-        else:
-            super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -122,27 +109,11 @@ class CompareConfig:
         return next((v for v in self.variants if v.is_plain), None)
 
 
-def _accepted(hint: Any) -> tuple[type, ...]:
-    """The YAML value types that fit the annotation ``hint`` (an integer fits a float)."""
-    out: list[type] = []
-    for t in get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,):
-        if get_origin(t) is Literal:
-            out += [type(v) for v in get_args(t)]
-        else:
-            out += [t, int] if t is float else [t]
-    return tuple(dict.fromkeys(out))
-
-
-def _choices(hint: Any) -> tuple[Any, ...] | None:
-    """The values of a ``Literal[...]`` annotation (None for any other)."""
-    return get_args(hint) if get_origin(hint) is Literal else None
-
-
 def _training_keys() -> dict[str, tuple[tuple[type, ...], Any]]:
     """The fields of :class:`~r2t_plugin.train.TrainConfig` a config sets: ``{key: (types, default)}``
     (``seed``, ``device``, ``progress`` and ``resume`` are set per run by the harness)."""
     hints = get_type_hints(TrainConfig)
-    return {f.name: (_accepted(hints[f.name]), f.default) for f in dataclasses.fields(TrainConfig)
+    return {f.name: (accepted_types(hints[f.name]), f.default) for f in dataclasses.fields(TrainConfig)
             if f.name not in ("seed", "device", "progress", "resume")}
 
 
@@ -154,8 +125,8 @@ def _stage_options() -> dict[str, tuple[tuple[type, ...], tuple[Any, ...] | None
     wrap_keys = [n for n, p in inspect.signature(with_r2t).parameters.items() if p.kind is p.KEYWORD_ONLY]
     stage_keys = [n for n in inspect.signature(R2T.__init__).parameters
                   if n not in ("self", "in_dim", "out_dim", "mode")]
-    options = {n: (_accepted(stage_hints[n]), _choices(stage_hints[n])) for n in stage_keys}
-    options.update({n: (_accepted(wrap_hints[n]), PLACEMENTS if n == "placement" else _choices(wrap_hints[n]))
+    options = {n: (accepted_types(stage_hints[n]), literal_choices(stage_hints[n])) for n in stage_keys}
+    options.update({n: (accepted_types(wrap_hints[n]), PLACEMENTS if n == "placement" else literal_choices(wrap_hints[n]))
                     for n in wrap_keys})
     return dict(sorted(options.items()))
 
@@ -169,53 +140,6 @@ ENGINES = ("local", "ray")
 def r2t_option_names() -> list[str]:
     """Keys allowed under a variant's ``r2t``: the R2T stage options and with_r2t's own."""
     return list(STAGE_OPTIONS)
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
-             list: "a list", dict: "a mapping", type(None): "null"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-class _Checker:
-    """Collects ``path: message`` problems while reading a nested mapping."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def fail(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
-
-    def mapping(self, value: Any, path: str, allowed: list[str]) -> dict[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.fail(path or "(top level)", f"expected a mapping, got {type(value).__name__}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.fail(f"{path}.{key}" if path else str(key),
-                          f"unknown key; valid keys: {', '.join(allowed)}")
-        return value
-
-    def get(self, data: dict[str, Any], key: str, path: str, types: tuple[type, ...],
-            default: Any = _REQUIRED, check: Callable[[Any], str | None] | None = None,
-            choices: tuple[Any, ...] | None = None) -> Any:
-        full = f"{path}.{key}" if path else key
-        if key not in data:
-            if default is _REQUIRED:
-                self.fail(full, "required key is missing")
-            return None if default is _REQUIRED else default
-        value = data[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            self.fail(full, f"expected {_type_name(types)}, got {type(value).__name__} {value!r}")
-            return None if default is _REQUIRED else default
-        if choices is not None and value is not None and value not in choices:
-            self.fail(full, f"{value!r} is not one of: {', '.join(map(str, choices))}")
-        if check is not None and (msg := check(value)):
-            self.fail(full, msg)
-        return value
 
 
 def _cache_size(v: Any) -> str | None:
@@ -251,16 +175,7 @@ def check_device(config: CompareConfig) -> None:
                            + ("cpu or one of those" if count else "device: cpu")], "config")
 
 
-def _positive(v: Any) -> str | None:
-    return None if v >= 1 else f"must be >= 1, got {v}"
-
-
-def _path(base: Path, value: str) -> Path:
-    p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() else (base / p)
-
-
-def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
+def _cohort(c: Checker, raw: Any, base: Path) -> CohortConfig | None:
     keys = ["csv", "features", "task", "label_column", "classes", "time_column", "event_column",
             "censorship_column", "format", "n_bins", "skip_missing", "cache", "cache_dtype", "standardize", "case_column",
             "slide_column", "mpp_column", "encoder"]
@@ -275,7 +190,7 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         event_column=c.get(d, "event_column", "cohort", (str, type(None)), None),
         censorship_column=c.get(d, "censorship_column", "cohort", (str, type(None)), None),
         format=c.get(d, "format", "cohort", (str, type(None)), None, choices=_reader_names()),
-        n_bins=c.get(d, "n_bins", "cohort", (int,), 4, _positive),
+        n_bins=c.get(d, "n_bins", "cohort", (int,), 4, positive),
         skip_missing=c.get(d, "skip_missing", "cohort", (bool,), False),
         cache=c.get(d, "cache", "cohort", (bool, int, str), False, _cache_size),
         cache_dtype=c.get(d, "cache_dtype", "cohort", (str,), "float32", choices=tuple(CACHE_DTYPES)),
@@ -295,13 +210,13 @@ def _cohort(c: _Checker, raw: Any, base: Path) -> CohortConfig | None:
         feats = None
     if csv is None or feats is None or task not in TASKS:
         return None
-    folders = tuple(_path(base, f) for f in ([feats] if isinstance(feats, str) else feats))
+    folders = tuple(resolve_path(base, f) for f in ([feats] if isinstance(feats, str) else feats))
     if out["classes"] is not None:
         out["classes"] = tuple(str(x) for x in out["classes"])
-    return CohortConfig(csv=_path(base, csv), features=folders, task=task, **out)
+    return CohortConfig(csv=resolve_path(base, csv), features=folders, task=task, **out)
 
 
-def _splits(c: _Checker, raw: Any, base: Path) -> tuple[Path, ...] | None:
+def _splits(c: Checker, raw: Any, base: Path) -> tuple[Path, ...] | None:
     """``splits``: a folder of CLAM ``splits_{i}.csv`` files, or a list of them."""
     from ..data.clam_splits import clam_split_files
     from ..data.splits import SplitError
@@ -313,13 +228,13 @@ def _splits(c: _Checker, raw: Any, base: Path) -> tuple[Path, ...] | None:
         c.fail("splits", f"expected a folder of CLAM splits_{{i}}.csv files or a list of them, got {raw!r}")
         return None
     try:
-        return tuple(clam_split_files([_path(base, x) for x in items]))
+        return tuple(clam_split_files([resolve_path(base, x) for x in items]))
     except SplitError as exc:
         c.fail("splits", str(exc))
         return None
 
 
-def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
+def _aggregators(c: Checker, raw: Any) -> list[AggregatorConfig]:
     from ..plugins import registry
 
     known = registry("aggregators").names()
@@ -347,7 +262,7 @@ def _aggregators(c: _Checker, raw: Any) -> list[AggregatorConfig]:
     return out
 
 
-def _r2t_options(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
+def _r2t_options(c: Checker, raw: Any, path: str) -> dict[str, Any]:
     """The valid keys of a mapping of R²T / with_r2t options (problems reported to ``c``)."""
     d = c.mapping(raw, path, r2t_option_names())
     d = {k: v for k, v in d.items() if k in STAGE_OPTIONS}
@@ -356,7 +271,7 @@ def _r2t_options(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
     return d
 
 
-def _ablation(c: _Checker, raw: Any) -> dict[str, Any] | None:
+def _ablation(c: Checker, raw: Any) -> dict[str, Any] | None:
     """The shared R²T options of ``variants: ablation`` / ``{ablation: {...}}``; None otherwise."""
     if (base := ablation_base(raw)) is None:
         return None
@@ -366,7 +281,7 @@ def _ablation(c: _Checker, raw: Any) -> dict[str, Any] | None:
     return base
 
 
-def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
+def _variants(c: Checker, raw: Any) -> list[VariantConfig]:
     if raw is None:
         raw = [{"name": "plain"}, {"name": "r2t", "r2t": {}}]
     if (base := _ablation(c, raw)) is not None:
@@ -390,7 +305,7 @@ def _variants(c: _Checker, raw: Any) -> list[VariantConfig]:
     return out
 
 
-def _training(c: _Checker, raw: Any) -> dict[str, Any]:
+def _training(c: Checker, raw: Any) -> dict[str, Any]:
     """The training settings; their bounds and choices are TrainConfig's own checks."""
     d = c.mapping(raw, "training", list(TRAINING_KEYS))
     out = {key: c.get(d, key, "training", types, default) for key, (types, default) in TRAINING_KEYS.items()}
@@ -404,7 +319,7 @@ def _training(c: _Checker, raw: Any) -> dict[str, Any]:
 
 def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "config") -> CompareConfig:
     """Validate a loaded mapping; raise :class:`ConfigError` listing every problem."""
-    c = _Checker()
+    c = Checker()
     top = ["cohort", "aggregators", "variants", "folds", "seeds", "val_fraction", "split_seed",
            "training", "device", "engine", "workers", "output", "address", "cpus_per_run", "gpus_per_run",
            "retries", "splits"]
@@ -438,7 +353,7 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
     device = c.get(d, "device", "", (str,), "cpu",
                    lambda v: None if _DEVICE.fullmatch(v) else f"{v!r} is not cpu, cuda or cuda:N")
     engine = c.get(d, "engine", "", (str,), "local", choices=ENGINES)
-    workers = c.get(d, "workers", "", (int,), 1, _positive)
+    workers = c.get(d, "workers", "", (int,), 1, positive)
     address = c.get(d, "address", "", (str, type(None)), None)
     cpus = c.get(d, "cpus_per_run", "", (int, float), 1.0, lambda v: None if v > 0 else f"must be > 0, got {v}")
     gpus = c.get(d, "gpus_per_run", "", (int, float), 0.0, lambda v: None if v >= 0 else f"must be >= 0, got {v}")
@@ -450,7 +365,7 @@ def parse_config(data: Any, base_dir: str | os.PathLike = ".", source: str = "co
         raise ConfigError(c.problems, source)
     return CompareConfig(cohort=cohort, aggregators=tuple(aggs), variants=tuple(variants), folds=folds,
                          seeds=tuple(seeds), val_fraction=float(val_fraction), split_seed=split_seed,
-                         training=training, device=device, engine=engine, workers=workers, output=_path(base, output),
+                         training=training, device=device, engine=engine, workers=workers, output=resolve_path(base, output),
                          address=address, cpus_per_run=float(cpus), gpus_per_run=float(gpus), retries=retries,
                          splits=splits, raw=dict(data))
 
