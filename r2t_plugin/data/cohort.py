@@ -176,6 +176,7 @@ class Cohort:
             if r.case_id:
                 self._cases.setdefault(r.case_id, []).append(r)
         self._paths: dict[str, Path | None] = {}
+        self._formats: dict[Path, str] = {}  # the reader sniffed for each file
         self._empty: set[str] = set()  # slides already found to hold no patch
 
     def _row(self, rec: dict[str, Any]) -> CohortRow:
@@ -263,13 +264,15 @@ class Cohort:
 
     def read_slide(self, slide_id: str, mpp: float | None = None) -> FeatureBag:
         """Read one slide's features (errors name the slide and file)."""
-        from .readers import ReaderError, read_bag
+        from .readers import ReaderError, find_reader, read_bag
 
         path = self.slide_path(slide_id)
         if path is None:
             where = ", ".join(str(d) for d in self.feature_dirs)
             raise ReaderError(f"slide {slide_id!r}: no feature file found in {where}")
-        return read_bag(path, format=self.format, mpp=mpp)
+        if self.format is None and path not in self._formats:
+            self._formats[path] = find_reader(path).name  # sniffed once per file, not every epoch
+        return read_bag(path, format=self.format or self._formats[path], mpp=mpp)
 
     def slide_mpp(self, case_id: str, slide_id: str) -> float | None:
         """Level-0 microns per pixel of a slide from the table's ``mpp_col`` (None if not given)."""

@@ -181,6 +181,18 @@ def test_targets_of_cohort_bags_are_known_without_reading(cohort_csv, monkeypatc
     assert [t.label for t in bag_targets(scaled)] == [1, 0]
 
 
+def test_each_feature_file_is_sniffed_once(cohort_csv, monkeypatch):
+    import r2t_plugin.data.readers as readers
+
+    calls = []
+    real = readers.find_reader
+    monkeypatch.setattr(readers, "find_reader", lambda p: calls.append(p.name) or real(p))
+    cohort = _open(cohort_csv)
+    for _ in range(3):  # three epochs
+        cohort.load_case("c0"), cohort.load_case("c1")
+    assert calls == ["s0.h5", "s1.h5"]
+
+
 def test_default_workers_rule(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert default_workers(15) == 0 and default_workers(16) == 1
