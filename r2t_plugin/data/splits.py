@@ -175,6 +175,9 @@ def make_folds(case_ids: Sequence[str], strata: Sequence[Hashable], k: int = 5,
         test = [c for c in case_ids if fold_of[c] == f]
         rest = [c for c in case_ids if fold_of[c] != f]
         train, val = _carve(rest, stratum, val_fraction, np.random.default_rng([seed, f]))
+        if not train and len(rest) < 2:
+            raise SplitError(f"{len(case_ids)} cases in {k} folds leave fold {f} a single case outside its test part, "
+                             "none to train on once validation has one; use more cases or fewer folds")
         if not train:
             raise SplitError(f"val_fraction {val_fraction:g} leaves no training case: fold {f} has {len(rest)} "
                              f"case(s) outside its test part and {len(val)} go to validation; lower val_fraction "

@@ -85,3 +85,41 @@ def test_summary_lists_failures_and_missing():
     assert "+R²T − plain" in text and "+0.100" in text
     assert "## Failed runs" in text and "`mean__r2t__fold2__seed0`: RuntimeError: boom" in text
     assert "9 run(s) not run yet" in text
+
+
+def test_summary_covers_exactly_the_configured_grid():
+    """Rows of a removed seed or aggregator stay in results.csv but are not averaged in."""
+    rows = [_row("abmil", v, f, 0.6) for v in ("plain", "r2t") for f in range(3)]
+    gone = [{**_row("abmil", v, 0, 0.0), "seed": 1, "run_id": f"abmil__{v}__fold0__seed1"} for v in ("plain", "r2t")]
+    gone.append({**_row("transmil", "plain", 0, 0.0), "run_id": "transmil__plain__fold0__seed0"})
+    text = format_summary(rows + gone, CFG, monitor="auc")
+    assert "6 of 12 runs finished, 0 failed." in text
+    assert "3 other finished run(s) in `results.csv` are outside this grid" in text
+    assert "| abmil | plain | 3 | 0.600 ± 0.000 |" in text and "transmil" not in text
+    diffs = {d.aggregator: d for d in paired_differences(rows + gone, CFG, ["test_auc"])}
+    assert diffs["abmil"].n == 3 and diffs["abmil"].mean == 0.0
+
+
+def test_paired_table_lists_the_incomplete_pairs_with_their_reason():
+    rows = [_row("abmil", "plain", 0, 0.6), _row("abmil", "r2t", 0, 0.7),
+            _row("abmil", "plain", 1, 0.6, "failed"), _row("abmil", "r2t", 1, 0.9), _row("abmil", "plain", 2, 0.5)]
+    text = format_summary(rows, CFG, monitor="auc")
+    assert "| abmil | r2t | 1 | 1/0/0 | +0.100" in text  # fold 0 only: fold 1's r2t run has no partner
+    assert "Pairs left out (5; only complete pairs are compared):" in text
+    assert "- `abmil` r2t, fold 1, seed 0: plain failed (RuntimeError: boom)" in text
+    assert "- `abmil` r2t, fold 2, seed 0: r2t not run yet" in text
+    assert "- `mean` r2t, fold 0, seed 0: plain not run yet; r2t not run yet" in text
+
+
+def test_summary_has_the_class_counts_and_flags_constant_predictions():
+    rows = [_row("abmil", "plain", 0, 0.5), _row("abmil", "r2t", 0, 0.8)]
+    flat = [{"case_id": f"c{i}", "part": "test", "label": i % 2, "prob_0": 0.5 + i * 1e-9, "prob_1": 0.5 - i * 1e-9}
+            for i in range(4)]
+    varied = [{**r, "prob_0": 0.2 * i, "prob_1": 1 - 0.2 * i} for i, r in enumerate(flat)]
+    preds = {"abmil__plain__fold0__seed0": flat, "abmil__r2t__fold0__seed0": varied}
+    text = format_summary(rows, CFG, monitor="auc", target_counts={"0": 7, "1": 5}, predictions=preds)
+    assert "Cases per class: `0` 7, `1` 5." in text
+    assert "Constant predictions (1 run(s))" in text and "- `abmil__plain__fold0__seed0`" in text
+    assert "- `abmil__r2t__fold0__seed0`" not in text
+    survival = parse_config({**CFG.raw, "cohort": {"csv": "c.csv", "features": "f", "task": "survival"}}, "/x")
+    assert "Cases: 3 with an event, 9 censored." in format_summary([], survival, target_counts={"event": 3, "censored": 9})

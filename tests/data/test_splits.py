@@ -235,3 +235,8 @@ def test_folds_with_overlapping_tests_are_read_back_when_the_manifest_says_so(tm
         read_folds(tmp_path / "ours")
     write_folds(folds, tmp_path / "clam", {"source": "clam", "disjoint_tests": False})
     assert read_folds(tmp_path / "clam") == folds
+
+
+def test_too_few_cases_for_the_folds_say_so():
+    with pytest.raises(SplitError, match="3 cases in 2 folds leave fold 0 a single case outside its test part"):
+        make_folds(["a", "b", "c"], [0, 1, 0], k=2)
