@@ -211,3 +211,16 @@ def test_cuda_run_with_mixed_precision(tmp_path, amp):
     res = fit(abmil(), ClassificationTask(2), easy_bags(32, 1), easy_bags(16, 2), easy_bags(40, 3),
               TrainConfig(**{**CFG, "device": "cuda", "amp": amp}), tmp_path)
     assert res.test["auc"] > 0.9 and res.peak_memory_kind == "cuda_max_allocated"
+
+
+def test_loader_workers_are_checked_logged_and_do_not_block_a_resume(tmp_path):
+    with pytest.raises(train_mod.TrainConfigError) as err:
+        TrainConfig(num_workers=-1)
+    assert list(err.value.problems) == ["num_workers"]
+    train, val = easy_bags(8, 1), easy_bags(4, 2)
+    first = fit(abmil(), ClassificationTask(2), train, val, [], TrainConfig(**{**CFG, "epochs": 2}), tmp_path)
+    assert all(float(r["wait_seconds"]) >= 0 for r in _log(tmp_path))
+    # the number of loader threads does not change what is trained: the finished run is reused
+    again = fit(abmil(), ClassificationTask(2), train, val, [],
+                TrainConfig(**{**CFG, "epochs": 2, "num_workers": 3}), tmp_path)
+    assert again.history == first.history

@@ -195,3 +195,33 @@ def test_readme_formats_configs_are_valid(tmp_path):
     assert trident.cohort.encoder == "uni_v1"
     assert (stamp.cohort.case_column, stamp.cohort.slide_column, stamp.cohort.mpp_column) == ("PATIENT", "FILENAME",
                                                                                            "MPP")
+
+
+def test_cohort_cache_sizes_dtype_and_loader_workers():
+    cfg = parse_config(_with(cohort__cache="8GB", cohort__cache_dtype="float16", training__num_workers=2), "/base")
+    assert cfg.cohort.cache == "8GB" and cfg.cohort.cache_dtype == "float16" and cfg.training["num_workers"] == 2
+    assert parse_config(BASE, "/base").training["num_workers"] is None  # chosen from the cohort size
+    assert parse_config(_with(cohort__cache=True), "/base").cohort.cache is True
+    text = "\n".join(_problems(_with(cohort__cache="lots", training__num_workers=-1)))
+    assert "cohort.cache: 'lots' is not a size" in text and "training.num_workers: must be >= 0" in text
+    text = "\n".join(_problems(_with(cohort__cache_dtype="float16")))
+    assert "cohort.cache_dtype: float16 needs a cache" in text
+    assert "cohort.cache_dtype: 'int8' is not one of: float32, float16" in "\n".join(
+        _problems(_with(cohort__cache=True, cohort__cache_dtype="int8")))
+
+
+def test_loader_and_cache_settings_do_not_block_a_resume_but_the_cache_dtype_does(tmp_path):
+    import json
+
+    from r2t_plugin.compare.manifest import ManifestMismatch, check_resumable
+
+    def manifest(cache, dtype, workers):
+        return {"fingerprint": {"cohort": {"csv": "c", "cache": cache, "cache_dtype": dtype},
+                                "training": {"epochs": 2, "num_workers": workers},
+                                "aggregators": {}, "variants": {}}}
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest(False, "float32", 0)))
+    check_resumable(path, manifest("8GB", "float32", 4))
+    with pytest.raises(ManifestMismatch, match="cohort"):
+        check_resumable(path, manifest(True, "float16", 0))
