@@ -257,6 +257,13 @@ class RegionAttention(nn.Module):
     def forward(self, x: Tensor, regions: Regions, norm: nn.LayerNorm | None = None) -> Tensor:
         """x (T, C) tokens, layer-normed unless ``norm`` is given (then applied inside, without
         storing its output) -> (T, C) attention output (not residual)."""
+        return self.output(self.attend(x, regions, norm))
+
+    def attend(self, x: Tensor, regions: Regions, norm: nn.LayerNorm | None = None) -> Tensor:
+        """The attention inside the regions, before the output projection: (T, C) -> (T, C)."""
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
-        o = region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
+        return region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
+
+    def output(self, o: Tensor) -> Tensor:
+        """The output projection and dropout of :meth:`attend`'s result."""
         return dropout(self.proj(o), self.drop)  # keeps a bool mask, not a float one

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["dropout", "relu_dropout", "projection"]
+__all__ = ["dropout", "relu_dropout", "projection", "no_hooks"]
 
 
-def _plain(*modules: nn.Module) -> bool:
+def no_hooks(*modules: nn.Module) -> bool:
     """No hook on any of the modules (a hook must see the modules run)."""
     return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                    for m in modules)
@@ -48,7 +48,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * _scale(grad, ctx.p), 0), None
+        return grad.mul(keep).mul_(_scale(grad, ctx.p)), None  # one temporary
 
 
 class _ReluDropout(torch.autograd.Function):
@@ -65,13 +65,13 @@ class _ReluDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (out,) = ctx.saved_tensors
-        return torch.where(out > 0, grad * _scale(grad, ctx.p), 0), None
+        return grad.mul(out > 0).mul_(_scale(grad, ctx.p)), None
 
 
 def dropout(x: Tensor, module: nn.Dropout) -> Tensor:
     """``module(x)``, keeping a bool mask for the backward instead of a float one."""
     if not (module.training and 0 < module.p < 1 and torch.is_grad_enabled() and x.requires_grad
-            and _plain(module)):
+            and no_hooks(module)):
         return module(x)
     return _Dropout.apply(x, module.p)
 
@@ -79,14 +79,14 @@ def dropout(x: Tensor, module: nn.Dropout) -> Tensor:
 def relu_dropout(z: Tensor, act: nn.Module, drop: nn.Module) -> Tensor:
     """``drop(act(z))``; for ``ReLU`` then ``Dropout`` in training, one step that keeps only its output."""
     if not (type(act) is nn.ReLU and type(drop) is nn.Dropout and drop.training and 0 < drop.p < 1
-            and torch.is_grad_enabled() and z.requires_grad and _plain(act, drop)):
+            and torch.is_grad_enabled() and z.requires_grad and no_hooks(act, drop)):
         return drop(act(z))
     return _ReluDropout.apply(z, drop.p)
 
 
 def projection(seq: nn.Sequential, x: Tensor) -> Tensor:
     """``seq(x)`` for a ``Linear → activation → Dropout`` block (the stage's input projection)."""
-    if not _plain(seq):
+    if not no_hooks(seq):
         return seq(x)
     linear, act, drop = seq
     return relu_dropout(linear(x), act, drop)

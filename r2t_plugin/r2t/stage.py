@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..nn import make_activation
 from . import lean
@@ -229,10 +230,26 @@ class R2T(nn.Module):
         return out[0] if single else out
 
     def _encode(self, x: Tensor, rmsa: Regions, cr: Regions | None, per_bag: bool) -> Tensor:
-        """(T, C) tokens through the encoder layers."""
+        """(T, C) tokens through the encoder layers.
+
+        With gradients (and no module hooks, which must see every layer run), everything
+        after the last R-MSA attention is recomputed in the backward from that attention's
+        output and the residual stream (both stored anyway): the later residual streams
+        and the final LayerNorm's input are never stored."""
         shortcut = x
-        for layer in self.layers:
+        recompute = torch.is_grad_enabled() and len(self.layers) > 0 and lean.no_hooks(*self.modules())
+        for layer in self.layers[:-1] if recompute else self.layers:
             x = _residual(layer(x, rmsa), x)
+        if recompute:
+            last = self.layers[-1]
+            o = last.attn.attend(x, rmsa, norm=last.norm)
+            return checkpoint(self._tail, o, x, shortcut, cr, per_bag, use_reentrant=False)
+        return self._finish(x, shortcut, cr, per_bag)
+
+    def _tail(self, o: Tensor, x: Tensor, shortcut: Tensor, cr: Regions | None, per_bag: bool) -> Tensor:
+        return self._finish(_residual(self.layers[-1].attn.output(o), x), shortcut, cr, per_bag)
+
+    def _finish(self, x: Tensor, shortcut: Tensor, cr: Regions | None, per_bag: bool) -> Tensor:
         if self.crmsa is not None:
             x = _residual(self.crmsa(x, cr, per_bag=per_bag), x)
         if self.all_shortcut:
