@@ -5,7 +5,8 @@ tanh ABMIL). For every bag size N and mode (``official``: the reference's exact 
 ``default``: sequence layout, 8 x 8 regions; ``coords``: coords layout, fixed region
 size), one fresh process per (mode, N, implementation) measures the median forward time
 (eval, no grad), the median train-step time (forward + cross-entropy + backward) and the
-peak memory (process max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). FLOPs
+peak memory (process max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA; also
+what was held before the first step: imports, model and input, ``inputs_gb``). FLOPs
 are counted analytically from the partition (model FLOPs: recomputation is not counted)
 and reported as achieved GFLOP/s and as a fraction of the float32 matmul peak
 (``torch.mm`` of two 4096 x 4096 matrices) measured in the same run. The straightforward
@@ -171,6 +172,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         model.zero_grad(set_to_none=True)
 
     out = dict(spec)
+    out["inputs_gb"] = _peak_gb(device)  # imports, model and input before any step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     out["forward_s"] = _median_time(forward, spec["repeats"], device)
@@ -215,7 +217,7 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'mode':<9}{'N':>8} {'impl':<6}{'fwd s':>8}{'train s':>9}{'fwd GB':>8}{'train GB':>9}"
+    head = (f"{'mode':<9}{'N':>8} {'impl':<6}{'fwd s':>8}{'train s':>9}{'inp GB':>7}{'fwd GB':>8}{'train GB':>9}"
             f"{'train GFLOP':>12}{'GFLOP/s':>9}{'%peak':>7}{'naive/fast':>11}")
     lines = [head, "-" * len(head)]
     fast = {(r["mode"], r["n"]): r for r in results if r["impl"] == "fast" and "error" not in r}
@@ -230,6 +232,7 @@ def table(results: list[dict[str, Any]]) -> str:
             ratio = r["train_s"] / f["train_s"]
         lines.append(
             f"{r['mode']:<9}{r['n']:>8} {r['impl']:<6}{r['forward_s']:>8.3f}{r['train_s']:>9.3f}"
+            f"{_fmt(r.get('inputs_gb'), '>7.2f')}"
             f"{r['forward_peak_gb']:>8.2f}{r['train_peak_gb']:>9.2f}{r['train_gflop']:>12.0f}"
             f"{r['train_gflops']:>9.1f}{100 * r['train_peak_fraction']:>6.0f}%{_fmt(ratio, '>10.2f')}")
     return "\n".join(lines)
