@@ -4,6 +4,7 @@ Outputs AND gradients, every option, both layouts, chunk boundaries, empty windo
 padded batches; bag alone == bag in a batch; autocast; no float64; no host syncs.
 """
 import itertools
+import math
 
 import pytest
 import torch
@@ -260,10 +261,15 @@ def test_module_backward_hooks_still_work():
 
 def _saved(fn):
     """(result, dtypes and shapes of the tensors autograd saves while running fn)."""
-    seen = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append((t.dtype, tuple(t.shape))) or t, lambda t: t):
+    seen = {}  # one entry per storage
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), (t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    return out, seen
+    return out, list(seen.values())
 
 
 @pytest.mark.parametrize("relu", [True, False])
@@ -290,3 +296,66 @@ def test_lean_dropout_same_values_and_gradients_as_nn_dropout(relu):
     assert big == ([(torch.float32, (500, 64))] if relu else [(torch.bool, (500, 64))])
     nn_big = [s for s in s2 if s[1] == (500, 64)]
     assert len(nn_big) == (2 if relu else 1) and all(d == torch.float32 for d, _ in nn_big)  # nn's way keeps more
+
+
+@pytest.mark.parametrize("kw", [dict(official=True, region_num=4), dict(layout="coords", region_size=4),
+                                dict(region_num=8), dict(crmsa=False), dict(crmsa_mlp=True, all_shortcut=True)])
+def test_recomputed_tail_gives_identical_outputs_and_gradients(kw, monkeypatch):
+    """Training (dropout on): recomputing everything after the last R-MSA attention in the
+    backward gives the same output and gradients, bit for bit, while storing less."""
+    model = make(**kw).train()
+    x, mask, coords = batch([90, 40], kw.get("layout", "sequence"), seed=2)
+    if kw.get("official"):
+        x, mask, coords = x[0], None, None
+    results = []
+    for recompute in (True, False):
+        if not recompute:  # the checkpoint replaced by a plain call: every tensor stored
+            monkeypatch.setattr(stage_module, "checkpoint", lambda fn, *a, **k: fn(*a))
+        model.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(3)
+        out, saved = _saved(lambda: model(xi, mask=mask, coords=coords))
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.detach(), xi.grad, grads, sum(1 for _, s in saved if s[-1:] == (16,) and math.prod(s) >= 90 * 16)))
+    (o1, gx1, g1, n1), (o2, gx2, g2, n2) = results
+    assert torch.equal(o1, o2) and torch.equal(gx1, gx2) and g1.keys() == g2.keys()
+    for name in g1:
+        assert torch.equal(g1[name], g2[name]), name
+    assert n1 < n2  # fewer token-width tensors stored
+
+
+def test_regions_fill_counts_the_tokens_of_each_region():
+    x, mask, coords = batch([150, 9, 61], "coords")
+    parts = [make(layout=layout, min_region_tokens=4, **reg).partition(mask, coords, torch.full((3,), 256.0))
+             for layout in ("sequence", "coords") for reg in (dict(region_num=8), dict(region_size=4))]
+    from r2t_plugin.r2t.regions import official_regions
+    parts += [official_regions(2, 150, 8), official_regions(1, 1000, 4)]
+    for r in parts:
+        assert list(r.fill) == r.real.sum(1).tolist()
+        # the chunks' token lists cover every token once, and pos points at their slots
+        seen = torch.cat([ch.tok for ch in r.chunks(37)])
+        assert torch.equal(seen.sort().values, torch.arange(r.n_tokens))
+        for ch in r.chunks(37):
+            assert torch.equal(ch.idx if ch.pos is None else ch.idx[ch.pos], ch.tok)
+
+
+def test_projections_skip_empty_slots():
+    """Coords layout with many empty slots: the qkv projection (forward, recomputation and
+    both gradients) runs on the tokens, not on the slots."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from r2t_plugin.r2t import bench
+
+    model = bench.build("coords", region_size=4).train()
+    n, c = 120, bench.DIM
+    coords = sparse_coords(n, 40)  # about 1 % of the grid: most slots are empty
+    r = model.stage.partition(torch.ones(1, n, dtype=torch.bool), coords[None], torch.tensor([256.0]))
+    slots = sum((e - s) * p for s, e, p in r.groups)
+    assert slots > 5 * n
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(n, bench.D_IN), coords=coords, patch_size=256.0)["logits"].sum().backward()
+    flops = counter.get_flop_counts()["Global"]
+    matmuls = sum(v for k, v in flops.items() if str(k) in ("aten.mm", "aten.addmm", "aten.bmm"))
+    qkv_on_tokens, qkv_on_slots = (4 * 2 * m * c * 3 * c for m in (n, slots))
+    assert qkv_on_tokens < matmuls < qkv_on_slots
