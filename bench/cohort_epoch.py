@@ -5,7 +5,8 @@ cohort of CLAM h5 slides (default 40 x 8,000 patches x 1024-d float32, 32 MB eac
 for ABMIL and ABMIL + R²T trains ``--epochs`` epochs (32 training + 8 validation bags per
 epoch, batch 1) four ways, each from the same initial weights:
 
-- ``compute``: the same bags already in memory (a list of bags: no file is read);
+- ``compute``: the same bags already in memory (a list of bags: no file is read; the
+  loader threads still collate them ahead);
 - ``before``: read in the loop, synchronously (``num_workers=0``, no cache);
 - ``after``: ``--workers`` loader threads reading ahead (no cache);
 - ``after+cache``: the same with the cohort's in-memory cache (epoch 1 fills it).
@@ -137,7 +138,7 @@ class DeviceBusy:
         return [float(sum(busy[k:k + per_epoch])) for k in range(0, len(busy), per_epoch)]
 
 
-def train(name: str, r2t: bool, train_bags, val_bags, args, out: Path, workers: int) -> list[dict]:
+def train(name: str, r2t: bool, train_bags, val_bags, workers: int, args, out: Path) -> list[dict]:
     """Per-epoch rows of one fit: ``seconds``, ``wait_seconds`` (and ``busy`` on CUDA)."""
     from r2t_plugin.models import ModelSpec, build_model
     from r2t_plugin.tasks import ClassificationTask
@@ -170,6 +171,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--models", nargs="+", default=["abmil", "abmil+r2t"], choices=["abmil", "abmil+r2t"])
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the four ways; the fastest epoch is shown")
     p.add_argument("--read-only", action="store_true", help="time the bag reads only")
     p.add_argument("--delete", action="store_true", help="delete the generated cohort afterwards")
     p.add_argument("--json", type=Path, help="write every figure here")
@@ -194,15 +196,20 @@ def main() -> None:
         plain = Cohort(csv, feats, label_col="label")
         memory = ([plain.load_case(c) for c in train_ids], [plain.load_case(c) for c in val_ids])
         for model in args.models:
-            r2t = model.endswith("r2t")
-            cached = Cohort(csv, feats, label_col="label", cache=True)
-            ways = {"compute": (*memory, 0), "before": (plain.bags(train_ids), plain.bags(val_ids), 0),
-                    "after": (plain.bags(train_ids), plain.bags(val_ids), args.workers),
-                    "after+cache": (cached.bags(train_ids), cached.bags(val_ids), args.workers)}
-            runs = {way: train(f"{model}-{way}", r2t, tr, va, args, args.root / "runs", w)
-                    for way, (tr, va, w) in ways.items()}
-            report["runs"][model] = runs
-            _print(model, runs, reads["read_s"])
+            rounds = []
+            for r in range(args.repeats):  # each round in another order: load swings hit every way
+                cached = Cohort(csv, feats, label_col="label", cache=True)  # filled again in epoch 1
+                ways = {"compute": (*memory, args.workers),
+                        "before": (plain.bags(train_ids), plain.bags(val_ids), 0),
+                        "after": (plain.bags(train_ids), plain.bags(val_ids), args.workers),
+                        "after+cache": (cached.bags(train_ids), cached.bags(val_ids), args.workers)}
+                names = list(ways)[r % 4:] + list(ways)[:r % 4]
+                rounds.append({w: train(f"{model}-{w}", model.endswith("r2t"), *ways[w], args, args.root / "runs")
+                               for w in names})
+            best = {w: [min((rd[w][e] for rd in rounds), key=lambda row: row["seconds"])
+                        for e in range(args.epochs)] for w in rounds[0]}
+            report["runs"][model] = {"best": best, "rounds": rounds}
+            _print(model, best, reads["read_s"], args.repeats)
         report["load_after"] = os.getloadavg()[0]
         print(f"load average after: {report['load_after']:.2f}")
     if args.json:
@@ -211,9 +218,10 @@ def main() -> None:
         shutil.rmtree(args.root)
 
 
-def _print(model: str, runs: dict, read_s: float) -> None:
+def _print(model: str, runs: dict, read_s: float, repeats: int) -> None:
     busy = "busy" in runs["compute"][0]
-    print(f"\n{model}: epoch | way | wall s | wait s (% of epoch) | compute s | read s | "
+    fastest = f", fastest of {repeats} rounds" if repeats > 1 else ""
+    print(f"\n{model}{fastest}: epoch | way | wall s | wait s (% of epoch) | compute s | read s | "
           f"epoch / max(compute, read)" + (" | GPU busy" if busy else ""))
     for way in ("before", "after", "after+cache", "compute"):
         for e, row in enumerate(runs[way]):
