@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lean import dropout
+from .lean import dropout, no_hooks
 from .regions import Regions
 
 __all__ = ["RegionAttention", "region_attention"]
@@ -265,5 +265,10 @@ class RegionAttention(nn.Module):
         return region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
 
     def output(self, o: Tensor) -> Tensor:
-        """The output projection and dropout of :meth:`attend`'s result."""
-        return dropout(self.proj(o), self.drop)  # keeps a bool mask, not a float one
+        """The output projection and dropout of :meth:`attend`'s result (without gradients:
+        projected in place, block by block, as nothing else holds ``o``)."""
+        if torch.is_grad_enabled() or not no_hooks(self.proj):
+            return dropout(self.proj(o), self.drop)  # keeps a bool mask, not a float one
+        for i in range(0, o.shape[0], CHUNK_TOKENS):
+            o[i : i + CHUNK_TOKENS] = self.proj(o[i : i + CHUNK_TOKENS])
+        return self.drop(o)

@@ -89,4 +89,6 @@ def projection(seq: nn.Sequential, x: Tensor) -> Tensor:
     if not no_hooks(seq):
         return seq(x)
     linear, act, drop = seq
+    if not torch.is_grad_enabled() and type(act) is nn.ReLU and no_hooks(act):
+        return drop(torch.relu_(linear(x)))  # in place: nothing holds the linear output
     return relu_dropout(linear(x), act, drop)

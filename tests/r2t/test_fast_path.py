@@ -359,3 +359,15 @@ def test_projections_skip_empty_slots():
     matmuls = sum(v for k, v in flops.items() if str(k) in ("aten.mm", "aten.addmm", "aten.bmm"))
     qkv_on_tokens, qkv_on_slots = (4 * 2 * m * c * 3 * c for m in (n, slots))
     assert qkv_on_tokens < matmuls < qkv_on_slots
+
+
+@pytest.mark.parametrize("kw", [dict(official=True), dict(layout="coords", region_size=4)])
+def test_inference_in_place_path_equals_the_training_path(kw):
+    """Without gradients the input projection's ReLU and R-MSA's output projection run in
+    place; the result is the same, bit for bit."""
+    model = R2TABMIL(12, 2, 16, mode="official" if kw.pop("official", False) else "default", **SMALL, **kw).eval()
+    x = torch.randn(300, 12)
+    coords = sparse_coords(300, 25) if kw else None
+    with torch.no_grad():
+        fast = model(x, coords=coords)["embedding"]
+    assert torch.equal(fast, model(x, coords=coords)["embedding"].detach())
