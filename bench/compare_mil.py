@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         raw["cohort"] = dict(base["cohort"], csv=str(folder / "cohort.csv"), features=str(folder))
         config = parse_config(raw, args.config.parent, f"{args.config} ({name})")
         t0 = time.perf_counter()
-        outcome = run_compare(config, progress=not args.quiet, title=f"r2t compare: {name} (bench/compare_mil.yaml)")
+        outcome = run_compare(config, progress=not args.quiet, title=f"r2t compare: {name} (bench/{args.config.name})")
         print(outcome.summary)
         print(f"{name}: wall time {time.perf_counter() - t0:.0f} s, outputs in {outcome.output}", flush=True)
     return 0

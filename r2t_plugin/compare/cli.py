@@ -36,7 +36,7 @@ def demo_config(cohort_csv: Path, feature_dir: Path, output: Path, task: str = "
         "aggregators": [{"name": "abmil", "options": dict(width)}, {"name": "mean", "options": {"dim": 32}}],
         "variants": [
             {"name": "plain"},
-            {"name": "r2t", "r2t": {"layout": "coords", "heads": 4, "crmsa_heads": 4}},
+            {"name": "r2t", "r2t": {"layout": "coords", "heads": 4, "crmsa_heads": 4, "residual": True}},
         ],
         "folds": 4,
         "seeds": [0, 1],

@@ -283,7 +283,7 @@ def _ablation(c: Checker, raw: Any) -> dict[str, Any] | None:
 
 def _variants(c: Checker, raw: Any) -> list[VariantConfig]:
     if raw is None:
-        raw = [{"name": "plain"}, {"name": "r2t", "r2t": {}}]
+        raw = [{"name": "plain"}, {"name": "r2t", "r2t": {"residual": True}}]  # starts as the plain model
     if (base := _ablation(c, raw)) is not None:
         return [VariantConfig(n, r) for n, r in ablation_variants(base)]
     if not isinstance(raw, list) or not raw:

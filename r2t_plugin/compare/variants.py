@@ -17,8 +17,9 @@ ABLATION_KEYS = ("layout", "crmsa", "epeg")
 
 def ablation_variants(base: dict[str, Any] | None = None, coords: bool = False
                       ) -> list[tuple[str, dict[str, Any] | None]]:
-    """``[(variant name, R²T options or None for plain)]``; ``base``: options they share."""
-    full = {**(base or {}), "layout": "coords" if coords else "sequence"}
+    """``[(variant name, R²T options or None for plain)]``; ``base``: options they share
+    (``residual`` defaults to True, as in the default variants: each starts as the plain model)."""
+    full = {"residual": True, **(base or {}), "layout": "coords" if coords else "sequence"}
     out: list[tuple[str, dict[str, Any] | None]] = [
         ("plain", None), ("r2t", full), ("r2t_rmsa_only", {**full, "crmsa": False}),
         ("r2t_no_epeg", {**full, "epeg": False})]

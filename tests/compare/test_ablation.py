@@ -25,21 +25,22 @@ def test_ablation_expands_to_the_papers_variants(tiny_config):
     config = _parse(tiny_config, "ablation")
     assert [v.name for v in config.variants] == SEQUENCE
     r2t = {v.name: v.r2t for v in config.variants}
-    assert r2t["plain"] is None and r2t["r2t"] == {"layout": "sequence"}
-    assert r2t["r2t_rmsa_only"] == {"layout": "sequence", "crmsa": False}
-    assert r2t["r2t_no_epeg"] == {"layout": "sequence", "epeg": False}
+    seq = {"layout": "sequence", "residual": True}
+    assert r2t["plain"] is None and r2t["r2t"] == seq
+    assert r2t["r2t_rmsa_only"] == {**seq, "crmsa": False}
+    assert r2t["r2t_no_epeg"] == {**seq, "epeg": False}
     with_coords = resolve_variants(config, has_coords=True)
     assert [v.name for v in with_coords.variants] == [*SEQUENCE, "r2t_sequence"]
     assert all(v.r2t["layout"] == "coords" for v in with_coords.variants[1:4])
-    assert with_coords.variants[4].r2t == {"layout": "sequence"}
+    assert with_coords.variants[4].r2t == seq
     assert resolve_variants(config, has_coords=False) is config
     listed = parse_config(tiny_config)
     assert resolve_variants(listed, has_coords=True) is listed  # an explicit list is kept as written
 
 
 def test_ablation_shares_options_and_names_bad_ones(tiny_config):
-    config = _parse(tiny_config, {"ablation": {"heads": 2, "residual": True}})
-    assert all(v.r2t["heads"] == 2 and v.r2t["residual"] for v in config.variants[1:])
+    config = _parse(tiny_config, {"ablation": {"heads": 2, "residual": False}})
+    assert all(v.r2t["heads"] == 2 and not v.r2t["residual"] for v in config.variants[1:])
     with pytest.raises(ConfigError) as info:
         _parse(tiny_config, {"ablation": {"layout": "coords", "hedas": 2}})
     text = str(info.value)
@@ -55,7 +56,8 @@ def test_every_ablation_variant_builds_and_computes_something_else():
     outputs = {}
     config = resolve_variants(parse_config({"cohort": {"csv": "c.csv", "features": ".", "task": "classification"},
                                             "aggregators": ["abmil"], "output": "o",
-                                            "variants": {"ablation": {"heads": 2, "crmsa_heads": 2}}}), True)
+                                            "variants": {"ablation": {"heads": 2, "crmsa_heads": 2,
+                                                                      "residual": False}}}), True)
     for v in config.variants:
         torch.manual_seed(0)
         model = build_model(ModelSpec("abmil", 8, 2, options={"dim": 8, "hidden": 4}, r2t=v.r2t)).eval()
@@ -81,3 +83,17 @@ def test_compare_runs_the_coords_ablation_on_a_cohort_with_coordinates(tiny_conf
     assert sorted({r["variant"] for r in rows}) == sorted([*SEQUENCE, "r2t_sequence"])
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 5 * 2
     assert "r2t_sequence" in outcome.summary
+
+
+def test_the_default_r2t_variant_starts_as_the_plain_model():
+    config = parse_config({"cohort": {"csv": "c.csv", "features": ".", "task": "classification"},
+                           "aggregators": ["abmil"], "output": "o"})
+    assert [(v.name, v.r2t) for v in config.variants] == [("plain", None), ("r2t", {"residual": True})]
+    x = torch.randn(30, 8)
+    torch.manual_seed(0)
+    plain = build_model(ModelSpec("abmil", 8, 2, options={"dim": 16, "hidden": 4})).eval()
+    torch.manual_seed(0)
+    wrapped = build_model(ModelSpec("abmil", 8, 2, options={"dim": 16, "hidden": 4}, r2t=config.variants[1].r2t)).eval()
+    wrapped.inner.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x)["logits"], plain(x)["logits"], atol=1e-6)
