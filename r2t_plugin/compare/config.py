@@ -377,5 +377,8 @@ def load_config(path: str | os.PathLike) -> CompareConfig:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"not valid YAML{where}: {what}; fix the syntax there"], str(path)) from exc
     return parse_config(data, path.parent, str(path))

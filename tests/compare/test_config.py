@@ -118,6 +118,10 @@ def test_load_config_yaml(tmp_path):
     path.write_text("cohort: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+    path.write_text("cohort:\n  csv: a: b\n")  # yaml's own message spans several lines
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and "line 2, column" in str(info.value)
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
         load_config(path)
