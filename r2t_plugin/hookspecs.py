@@ -63,7 +63,7 @@ def r2t_adapt(model: nn.Module, stage_factory: StageFactory,
 
     :param model: the user's model.
     :param stage_factory: builds the stage for the width the adapter finds (already
-        residual when the user asked for ``residual=True``).
+        residual unless the user asked for ``residual=False``).
     :param placement: ``"after_projection"``, ``"input"`` or None (the adapter's default);
         adapters decide with :func:`r2t_plugin.wrap.resolve_placement`.
 

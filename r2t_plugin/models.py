@@ -24,6 +24,7 @@ from torch import nn
 
 from .io import atomic_torch_save
 from .r2t.official import CheckpointError
+from .wrap import recorded_options, with_r2t
 
 __all__ = ["ModelSpec", "CheckpointError", "FORMAT", "VERSION", "build_model", "save_checkpoint",
            "load_checkpoint"]
@@ -31,6 +32,7 @@ __all__ = ["ModelSpec", "CheckpointError", "FORMAT", "VERSION", "build_model", "
 FORMAT = "r2t-plugin/model"
 VERSION = 1
 TASKS = ("classification", "survival")
+LEGACY_RESIDUAL = False  # with_r2t's residual default when a stored spec lacks the key
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class ModelSpec:
         n_out: outputs of the model (classes, or hazard bins for survival).
         task: ``"classification"`` or ``"survival"``.
         options: keyword options of the aggregator's factory.
-        r2t: ``with_r2t`` options, or None for the plain aggregator.
+        r2t: ``with_r2t`` options, or None for the plain aggregator; ``residual`` is always
+            recorded (filled with ``with_r2t``'s default when not given), and a stored spec
+            without it (written before ``residual=True`` became the default) means False.
         classes: class names, one per output (classification; may be empty).
         name: shown in titles (default: the aggregator, ``+ R²T`` when wrapped).
     """
@@ -58,6 +62,8 @@ class ModelSpec:
     name: str = ""
 
     def __post_init__(self) -> None:
+        if self.r2t is not None:
+            object.__setattr__(self, "r2t", recorded_options(self.r2t))
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task == "classification" and self.classes and len(self.classes) != max(self.n_out, 2):
@@ -83,13 +89,14 @@ class ModelSpec:
         """The spec of ``to_dict``'s output (``TypeError`` / ``ValueError`` when invalid)."""
         raw = dict(data)
         raw["classes"] = tuple(str(c) for c in raw.get("classes") or ())
+        if isinstance(raw.get("r2t"), Mapping):  # written before the residual default: replacing stage
+            raw["r2t"] = {"residual": LEGACY_RESIDUAL, **raw["r2t"]}
         return cls(**raw)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The untrained model of ``spec``: the aggregator, wrapped with R²T when ``spec.r2t`` is set."""
     from .plugins import create_aggregator
-    from .wrap import with_r2t
 
     model = create_aggregator(spec.aggregator, spec.in_dim, spec.n_out, **spec.options)
     return with_r2t(model, **spec.r2t) if spec.r2t is not None else model

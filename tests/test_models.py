@@ -67,3 +67,32 @@ def test_bad_checkpoints_name_the_file(tmp_path) -> None:
         assert str(tmp_path / name) in str(err.value)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_new_specs_record_residual_explicitly() -> None:
+    from r2t_plugin.wrap import ResidualStage
+
+    spec = ModelSpec("abmil", 8, 2, r2t=R2T)  # residual not given: with_r2t's default, written down
+    assert spec.r2t == {**R2T, "residual": True} and spec.to_dict()["r2t"]["residual"] is True
+    assert isinstance(build_model(spec).stage, ResidualStage)
+    assert ModelSpec("abmil", 8, 2, r2t={**R2T, "residual": False}).to_dict()["r2t"]["residual"] is False
+    assert ModelSpec("abmil", 8, 2).r2t is None
+
+
+def test_a_spec_saved_before_the_residual_default_rebuilds_its_model(tmp_path) -> None:
+    """A best.pt written when with_r2t replaced the features by default has no ``residual`` key:
+    it is read as the replacing stage it was trained with, not as today's default."""
+    from r2t_plugin.plugins import create_aggregator
+    from r2t_plugin.wrap import with_r2t
+
+    torch.manual_seed(0)
+    model = with_r2t(create_aggregator("abmil", 8, 2), residual=False, **R2T).eval()
+    old_spec = {"aggregator": "abmil", "in_dim": 8, "n_out": 2, "task": "classification", "options": {},
+                "r2t": dict(R2T), "classes": [], "name": ""}
+    torch.save({"format": "r2t-plugin/model", "version": 1, "spec": old_spec, "state_dict": model.state_dict()},
+               tmp_path / "best.pt")
+    loaded, spec = load_checkpoint(tmp_path / "best.pt")
+    assert spec.r2t == {**R2T, "residual": False}
+    x, coords = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, coords=coords)["logits"], model(x, coords=coords)["logits"])

@@ -67,7 +67,10 @@ def test_pyg_block():
     model = ns["model"]
     assert isinstance(model, PygWrapper) and model.hook_path == "fc"
     assert ns["logits"].shape == (2, 2)
-    assert not torch.allclose(ns["logits"], model.inner(ns["graphs"]))
+    with torch.no_grad():  # the default residual stage: GraphMIL's own outputs until training moves Z
+        torch.testing.assert_close(ns["logits"], model.inner(ns["graphs"]), rtol=0, atol=1e-6)
+        torch.nn.init.normal_(model.stage.gate.weight, std=0.1)
+        assert not torch.allclose(model(ns["graphs"]), model.inner(ns["graphs"]))  # R²T is in the path
 
 
 def clam_sb(gate=True, size_arg="small", dropout=0.25, k_sample=8, n_classes=2, instance_loss_fn=None,
@@ -128,7 +131,8 @@ def test_plugin_blocks(tmp_path, monkeypatch):
     x = torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, 4:] = False
-    for model in (agg, with_r2t(agg, heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2).eval()):
+    for model in (agg, with_r2t(agg, heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2,
+                                residual=False).eval()):
         out = model(x, mask=mask)
         assert out["logits"].shape == (2, 3) and torch.all(out["instance_scores"][1, 4:] == 0)
         torch.testing.assert_close(model(x[1:, :4])["logits"][0], out["logits"][1], rtol=1e-5, atol=1e-6)

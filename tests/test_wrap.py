@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from r2t_plugin import with_r2t
+from r2t_plugin import create_aggregator, with_r2t
 from r2t_plugin.wrap import AdapterError, ResidualStage, find_projection
 
 STAGE = dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)
@@ -58,7 +58,7 @@ def test_generic_wrapper(batch):
     x, mask = batch
     model = MyMIL().eval()
     ref = model(x, mask)
-    w = with_r2t(model, **STAGE).eval()
+    w = with_r2t(model, residual=False, **STAGE).eval()  # the replacing stage: changes the outputs
     assert (w.placement, w.hook_path) == ("after_projection", "fc")
     assert w.inner is model
     out_pos, out_kw = w(x, mask), w(x, mask=mask)
@@ -112,10 +112,34 @@ def test_deepcopy_keeps_hooks_consistent(batch):
     import copy
 
     x, mask = batch
-    w = with_r2t(MyMIL(), **STAGE).eval()
+    w = with_r2t(MyMIL(), residual=False, **STAGE).eval()
     c = copy.deepcopy(w)
     torch.testing.assert_close(c(x, mask), w(x, mask))
     c.stage.norm.bias.data += 1.0  # the copy's hook uses the copy's stage
     assert not torch.allclose(c(x, mask), w(x, mask))
     c.unwrap()  # removes the copy's hook only
     assert not c.inner.fc._forward_hooks and len(w.inner.fc._forward_hooks) == 1
+
+
+@pytest.mark.parametrize("make,masked", [(MyMIL, True), (NoProjection, False),
+                                         (lambda: create_aggregator("abmil", 12, 3, dim=16), True)],
+                         ids=["projection", "input", "builtin"])
+def test_default_is_residual_and_starts_as_the_plain_model(batch, make, masked):
+    """``with_r2t(model)`` is the recipe ``r2t compare`` measured: x + Z(R²T(x)), Z zero."""
+    import inspect
+
+    assert inspect.signature(with_r2t).parameters["residual"].default is True
+    x, mask = batch
+    kw = {"mask": mask} if masked else {}
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        ref = model(x, **kw)
+        w = with_r2t(model, **STAGE).eval()
+        assert isinstance(w.stage, ResidualStage)
+        torch.testing.assert_close(w(x, **kw), ref, rtol=0, atol=1e-6)
+        w.stage.gate.weight.normal_()  # the stage runs inside: moving Z moves the outputs
+        got = w(x, **kw)
+    unpack = (lambda o: o["logits"]) if isinstance(ref, dict) else (lambda o: o)
+    assert not torch.allclose(unpack(got), unpack(ref), atol=1e-4)
+    assert not isinstance(with_r2t(model, residual=False, **STAGE).stage, ResidualStage)

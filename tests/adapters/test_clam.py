@@ -10,7 +10,7 @@ from r2t_plugin import with_r2t
 from r2t_plugin.aggregators import CLAM
 
 from .clam_interface import CLAMInterface
-from .conftest import STAGE, grads_reach, roundtrip
+from .conftest import REPLACING, STAGE, grads_reach, roundtrip
 
 D = 12
 
@@ -70,7 +70,7 @@ def test_identity_residual_and_outputs(idx):
         for a, b in zip(out[:4], ref[:4]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         torch.testing.assert_close(out[4]["features"], ref[4]["features"], rtol=0, atol=1e-6)
-    wrapped = with_r2t(model, **STAGE).eval()
+    wrapped = with_r2t(model, **REPLACING).eval()
     assert wrapped(h, attention_only=True).shape == ref[3].shape
     assert not torch.allclose(wrapped(h)[0], ref[0])
 
@@ -80,8 +80,8 @@ def test_builtin_clam_alone_equals_padded_batch():
     iface = CLAMInterface(D, 3, dim=16, hidden=8).eval()
     contract = CLAM(D, 3, dim=16, hidden=8).eval()
     contract.load_state_dict(iface.state_dict())
-    w_iface = with_r2t(iface, **STAGE).eval()
-    w_contract = with_r2t(contract, **STAGE).eval()
+    w_iface = with_r2t(iface, **REPLACING).eval()
+    w_contract = with_r2t(contract, **REPLACING).eval()
     w_contract.load_state_dict(w_iface.state_dict())
     x = torch.randn(2, 10, D)
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -92,11 +92,11 @@ def test_builtin_clam_alone_equals_padded_batch():
 
 def test_instance_eval_gradients_and_state_dict():
     model = models()[1].train()
-    wrapped = with_r2t(model, **STAGE)
+    wrapped = with_r2t(model, **REPLACING)
     logits, _, _, _, results = wrapped(torch.randn(20, D), label=torch.tensor([1]), instance_eval=True)
     (logits.sum() + results["instance_loss"]).backward()
     assert grads_reach(wrapped) == (True, True)
-    other = with_r2t(models()[1], **STAGE)
+    other = with_r2t(models()[1], **REPLACING)
     other.load_state_dict(roundtrip(wrapped))
     h = torch.randn(9, D)
     wrapped.eval(), other.eval()

@@ -12,7 +12,7 @@ from r2t_plugin import with_r2t  # noqa: E402
 from r2t_plugin.bag import BagBatch, FeatureBag  # noqa: E402
 from r2t_pyg import PygWrapper  # noqa: E402
 
-from .conftest import STAGE, grads_reach, roundtrip  # noqa: E402
+from .conftest import REPLACING, STAGE, grads_reach, roundtrip  # noqa: E402
 
 D = 12
 
@@ -48,7 +48,7 @@ def test_pyg_wrapper(graphs):
     for placement in ("after_projection", "input"):
         res = with_r2t(model, residual=True, placement=placement, **STAGE).eval()
         torch.testing.assert_close(res(both), ref, rtol=0, atol=1e-6)
-    wrapped = with_r2t(model, layout="coords", **STAGE).eval()
+    wrapped = with_r2t(model, layout="coords", **REPLACING).eval()
     out = wrapped(both)
     assert not torch.allclose(out, ref)
     torch.testing.assert_close(wrapped(alone)[0], out[1], rtol=1e-5, atol=1e-5)
@@ -59,10 +59,10 @@ def test_pyg_wrapper(graphs):
 
 def test_pyg_gradients_and_state_dict(graphs):
     both, _ = graphs
-    wrapped = with_r2t(GraphMIL(), **STAGE)
+    wrapped = with_r2t(GraphMIL(), **REPLACING)
     wrapped(both).sum().backward()
     assert grads_reach(wrapped) == (True, True)
-    other = with_r2t(GraphMIL(), **STAGE)
+    other = with_r2t(GraphMIL(), **REPLACING)
     other.load_state_dict(roundtrip(wrapped))
     wrapped.eval(), other.eval()
     torch.testing.assert_close(other(both), wrapped(both))
@@ -81,11 +81,11 @@ def test_graph_argument_recognised_whatever_its_name(graphs):
     model = PlainGraphMIL().eval()
     assert isinstance(with_r2t(model, stage="identity"), PygWrapper)
     assert torch.equal(with_r2t(model, stage="identity")(both), model(both))
-    wrapped = with_r2t(model, layout="coords", **STAGE).eval()
+    wrapped = with_r2t(model, layout="coords", **REPLACING).eval()
     out = wrapped(both)
     assert not torch.allclose(out, model(both))
     torch.testing.assert_close(wrapped(alone)[0], out[1], rtol=1e-5, atol=1e-5)
-    ref = with_r2t(GraphMIL(), layout="coords", **STAGE).eval()
+    ref = with_r2t(GraphMIL(), layout="coords", **REPLACING).eval()
     ref.load_state_dict(wrapped.state_dict())  # same as the model whose argument is named data
     torch.testing.assert_close(ref(both), out)
 
@@ -104,7 +104,7 @@ def test_tensor_argument_goes_the_generic_way():
     torch.manual_seed(0)
     model = TensorGraphMIL().eval()
     x = torch.randn(1, 10, D)
-    wrapped = with_r2t(model, **STAGE).eval()
+    wrapped = with_r2t(model, **REPLACING).eval()
     assert isinstance(wrapped, PygWrapper) and wrapped.hook_path == "fc"
     torch.testing.assert_close(with_r2t(model, stage="identity")(x), model(x))
     stage_out = wrapped.stage(model.fc(x))

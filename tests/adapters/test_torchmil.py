@@ -10,7 +10,7 @@ torchmil_models = pytest.importorskip("torchmil.models")
 from r2t_plugin import create_aggregator, with_r2t  # noqa: E402
 from r2t_plugin.geometry import grid_edges  # noqa: E402
 
-from .conftest import STAGE, grads_reach, roundtrip  # noqa: E402
+from .conftest import REPLACING, STAGE, grads_reach, roundtrip  # noqa: E402
 
 D = 12
 
@@ -37,7 +37,7 @@ def test_abmil_identity_residual_padding(batch):
     assert torch.equal(w(x, mask), ref)
     res = with_r2t(model, residual=True, **STAGE).eval()
     torch.testing.assert_close(res(x, mask=mask, coords=coords), ref, rtol=0, atol=1e-6)
-    wrapped = with_r2t(model, **STAGE).eval()
+    wrapped = with_r2t(model, **REPLACING).eval()
     out = wrapped(x, mask, coords=coords)
     assert not torch.allclose(out, ref)
     torch.testing.assert_close(wrapped(x[1:, :5], coords=coords[1:, :5]), out[1:], rtol=1e-5, atol=1e-5)
@@ -48,11 +48,11 @@ def test_abmil_identity_residual_padding(batch):
 def test_after_feat_ext_projection(batch):
     x, mask, _ = batch
     model = abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU()))
-    wrapped = with_r2t(model, **STAGE).train()
+    wrapped = with_r2t(model, **REPLACING).train()
     assert (wrapped.placement, wrapped.hook_path) == ("after_projection", "feat_ext")
     wrapped(x, mask).sum().backward()
     assert grads_reach(wrapped) == (True, True)
-    other = with_r2t(abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU())), **STAGE)
+    other = with_r2t(abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU())), **REPLACING)
     other.load_state_dict(roundtrip(wrapped))
     wrapped.eval(), other.eval()
     torch.testing.assert_close(other(x, mask), wrapped(x, mask))
@@ -66,7 +66,7 @@ def test_graph_model_keeps_adj(batch):
     ref = model(x, adj, mask)
     res = with_r2t(model, residual=True, **STAGE).eval()
     torch.testing.assert_close(res(x, adj, mask, coords=coords), ref, rtol=0, atol=1e-6)
-    wrapped = with_r2t(model, **STAGE).eval()
+    wrapped = with_r2t(model, **REPLACING).eval()
     assert not torch.allclose(wrapped(x, adj, mask, coords=coords), ref)
 
 
@@ -92,7 +92,7 @@ def test_registered_aggregators_can_be_wrapped(batch, name):
     same = with_r2t(agg, stage="identity").eval()
     torch.testing.assert_close(same(x, mask=mask, coords=coords)["logits"],
                                agg(x, mask=mask, coords=coords)["logits"])
-    wrapped = with_r2t(agg, **STAGE).eval()
+    wrapped = with_r2t(agg, **REPLACING).eval()
     out = wrapped(x, mask=mask, coords=coords)
     alone = wrapped(x[1:, :5], coords=coords[1:, :5])
     torch.testing.assert_close(alone["logits"][0], out["logits"][1], rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ from torchmil.utils.trainer import Trainer  # noqa: E402
 from r2t_plugin import with_r2t  # noqa: E402
 from r2t_plugin.wrap import AdapterError  # noqa: E402
 
-from .conftest import STAGE, roundtrip  # noqa: E402
+from .conftest import REPLACING, STAGE, roundtrip  # noqa: E402
 
 D = 12
 
@@ -52,7 +52,7 @@ def abmil(feat_ext: nn.Module | None = None):
 
 def test_wrapped_keeps_the_milmodel_api():
     model = abmil()
-    w = with_r2t(model, **STAGE).eval()
+    w = with_r2t(model, **REPLACING).eval()
     assert isinstance(w, torchmil_models.MILModel)
     # what MILModelWrapper (torchmil's Trainer) reads: the model's names, then the stage's
     assert get_args_names(w.forward) == ("X", "mask", "return_att", "coords", "patch_size")
@@ -89,7 +89,7 @@ def test_identity_stage_is_the_inner_model():
 
 def test_torchmil_trainer_trains_the_wrapped_model():
     model = abmil()
-    w = with_r2t(model, layout="coords", **STAGE)
+    w = with_r2t(model, layout="coords", **STAGE)  # the default residual stage: zero gate, trained from it
     stage_before = {n: p.detach().clone() for n, p in w.stage.named_parameters()}
     inner_before = [p.detach().clone() for p in w.inner.parameters()]
     loader = DataLoader(bags(), batch_size=2, shuffle=True, collate_fn=collate_fn,
@@ -118,7 +118,7 @@ def test_graph_model_through_milmodelwrapper():
     torch.manual_seed(0)
     model = torchmil_models.PatchGCN(in_shape=(D,), hidden_dim=16, att_dim=8).eval()
     batch = collate_fn(bags(adj=True)[:3])
-    w = with_r2t(model, **STAGE).eval()
+    w = with_r2t(model, **REPLACING).eval()
     assert get_args_names(w.forward)[:3] == ("X", "adj", "mask")
     y_pred, losses = MILModelWrapper(w).compute_loss(batch)
     torch.testing.assert_close(y_pred, w(batch["X"], batch["adj"], batch["mask"]))
@@ -135,7 +135,7 @@ def test_maskless_transmil_runs_bag_by_bag(method):
     all_bags = bags((9, 5))
     batch = collate_fn(all_bags)
     alone = collate_fn(all_bags[1:])
-    w = with_r2t(model, **STAGE).eval()
+    w = with_r2t(model, **REPLACING).eval()
     assert "mask" in get_args_names(getattr(w, method))  # torchmil's Trainer passes the mask
     call = getattr(w, method)
     if method == "compute_loss":
@@ -173,7 +173,7 @@ def test_not_a_milmodel_api():
 
 def test_pickles_and_deep_copies_like_a_module():
     """torch.save(model) pickles it; the class made at run time is rebuilt, hook included."""
-    w = with_r2t(abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU())), **STAGE).eval()
+    w = with_r2t(abmil(nn.Sequential(nn.Linear(D, 16), nn.ReLU())), **REPLACING).eval()
     x = torch.randn(2, 9, D)
     for other in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w)):
         assert type(other) is type(w) and other.inner is not w.inner

@@ -13,7 +13,7 @@ from r2t_plugin import create_aggregator, registry, with_r2t  # noqa: E402
 from r2t_torchmil import MODELS  # noqa: E402
 from r2t_torchmil.aggregator import normalized_adjacency  # noqa: E402
 
-from .conftest import STAGE  # noqa: E402
+from .conftest import REPLACING  # noqa: E402
 
 D = 12
 SMALL = {"CAMIL": dict(nystrom_att_dim=16), "TransMIL": dict(att_dim=16), "GTP": dict(att_dim=16, n_clusters=4),
@@ -44,7 +44,7 @@ def test_alone_equals_padded_batch(batch, name):
     x[1, 5:] = 100.0  # padding that would show if any model read it
     torch.manual_seed(0)
     agg = create_aggregator(f"torchmil.{name}", in_dim=D, n_out=2, **SMALL.get(name, {})).eval()
-    for model in (agg, with_r2t(agg, **STAGE).eval()):
+    for model in (agg, with_r2t(agg, **REPLACING).eval()):
         out = _seeded(model, x, mask=mask, coords=coords)
         alone = _seeded(model, x[1:, :5], coords=coords[1:, :5])
         assert out["logits"].shape == (2, 2) and torch.all(out["logits"][:, 0] == 0)

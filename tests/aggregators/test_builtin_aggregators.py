@@ -23,6 +23,7 @@ BRANCHED = {"mean", "max", "dsmil", "clam_mb"}  # one instance-score row per out
 NO_PROJECTION = {"r2t_abmil"}  # R²T is its first block: a wrapper's stage goes at the input
 OPTIONS = {"transmil": {"heads": 2}, "r2t_abmil": dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)}
 STAGE = dict(heads=2, region_num=2, min_region_tokens=2, crmsa_heads=2)
+REPLACING = dict(STAGE, residual=False)  # changes the outputs from the start (the default residual one does not)
 
 
 def make(name: str, n_out: int = 3) -> torch.nn.Module:
@@ -78,7 +79,7 @@ def test_wrapped_identity_residual_r2t(name, padded):
         for placement in ("input",) if name in NO_PROJECTION else ("after_projection", "input"):
             res = with_r2t(model, placement=placement, residual=True, **STAGE).eval()
             torch.testing.assert_close(run(res, x, mask, coords)["logits"], ref, rtol=0, atol=1e-6)
-        wrapped = with_r2t(model, **STAGE).eval()
+        wrapped = with_r2t(model, **REPLACING).eval()
         full = run(wrapped, x, mask, coords)["logits"]
         alone = wrapped(x[1, :7], coords=coords[1, :7])["logits"]
     assert wrapped.placement == ("input" if name in NO_PROJECTION else "after_projection")
@@ -89,7 +90,7 @@ def test_wrapped_identity_residual_r2t(name, padded):
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_and_state_dict(name, padded):
     x, mask, coords = padded
-    wrapped = with_r2t(make(name), **STAGE).train()
+    wrapped = with_r2t(make(name), **REPLACING).train()
     out = run(wrapped, x, mask, coords, label=torch.tensor([0, 2]))
     loss = out["logits"].sum() + out.get("aux_loss", 0)
     loss.backward()
@@ -101,7 +102,7 @@ def test_gradients_and_state_dict(name, padded):
     buf = io.BytesIO()
     torch.save(wrapped.state_dict(), buf)
     buf.seek(0)
-    other = with_r2t(make(name), **STAGE)
+    other = with_r2t(make(name), **REPLACING)
     torch.manual_seed(1)
     for p in other.parameters():
         torch.nn.init.normal_(p)

@@ -56,7 +56,8 @@ def test_tiny_grid_writes_every_output(tiny_config, tiny_cohort):
     for r in rows[:2]:
         model, spec = load_checkpoint(out / "runs" / r["run_id"] / "best.pt")
         variant = next(v for v in tiny_config["variants"] if v["name"] == r["variant"])
-        assert (spec.aggregator, spec.in_dim, spec.n_out, spec.r2t) == ("abmil", 8, 2, variant.get("r2t"))
+        r2t = None if variant.get("r2t") is None else {"residual": True, **variant["r2t"]}  # recorded explicitly
+        assert (spec.aggregator, spec.in_dim, spec.n_out, spec.r2t) == ("abmil", 8, 2, r2t)
         assert spec.options == {"dim": 8, "hidden": 4} and len(spec.classes) == 2
         assert sum(p.numel() for p in model.parameters()) == int(r["params"])
     preds = read_rows(run / "predictions.csv")

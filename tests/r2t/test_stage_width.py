@@ -19,12 +19,12 @@ def test_a_wide_aggregator_gets_a_128_wide_stage_that_keeps_its_width():
     torch.manual_seed(0)
     agg = create_aggregator("abmil", 1024, 2)  # ABMIL's default width, 512
     wrapped = with_r2t(agg)
-    stage = wrapped.stage
+    stage = wrapped.stage.body  # the default residual stage: R²T inside x + Z(R²T(x))
     assert (stage.in_dim, stage.dim, stage.out_dim) == (512, 128, 512) and stage.proj is not None
     added = count_parameters(wrapped) - count_parameters(agg)
     assert added < count_parameters(agg)  # at 512 wide the stage alone had ~2.1M parameters
     out = wrapped(torch.randn(20, 1024))["logits"]
     assert out.shape == (1, 2)
-    narrow = with_r2t(create_aggregator("abmil", 16, 2, dim=32, hidden=8)).stage
+    narrow = with_r2t(create_aggregator("abmil", 16, 2, dim=32, hidden=8), residual=False).stage
     assert (narrow.in_dim, narrow.dim) == (None, 32)  # no projection at the aggregator's width
-    assert with_r2t(create_aggregator("abmil", 16, 2), dim=512).stage.dim == 512  # an explicit width wins
+    assert with_r2t(create_aggregator("abmil", 16, 2), dim=512, residual=False).stage.dim == 512  # an explicit width wins
