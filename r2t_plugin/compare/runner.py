@@ -166,7 +166,8 @@ def _run_compare(config: CompareConfig, engine: Engine | None, progress: bool, t
     t0 = time.perf_counter()
     out = config.output
     cohort = open_cohort(config.cohort)
-    report = preflight(cohort, skip_missing=config.cohort.skip_missing, one_per_cell=_coords_layout(config))
+    report = preflight(cohort, skip_missing=config.cohort.skip_missing, one_per_cell=_coords_layout(config),
+                       standardized=config.cohort.standardize)  # z-scored per fold: large values are harmless
     checked = report.cohort
     case_ids = checked.case_ids
     in_dim = int(report.feature_dim)

@@ -2,7 +2,9 @@
 
 - :func:`feature_faults`: features that stop being finite once cast to float32 (training's
   dtype) are an error; magnitudes above :data:`FEATURE_WARN` a warning (float32 training
-  overflows or loses precision there; standardize or rescale).
+  overflows or loses precision there; standardize or rescale), unless the features are
+  standardised before training (z-scored per column with the training instances' mean and
+  std, computed in float64: raw magnitudes within float32's range are harmless then).
 - :func:`grid_faults`: a patch grid that is absurd for the bag (more than
   :data:`CELLS_PER_PATCH` cells per patch: the patch size, given or inferred, is far below
   the spacing of the coordinates, as with jittered coordinates) and, with
@@ -24,8 +26,11 @@ CELLS_PER_PATCH = 1e4
 """A bag whose patch grid has more cells than this per patch is not on a patch lattice."""
 
 
-def feature_faults(bag: FeatureBag) -> tuple[str | None, str | None]:
-    """(error, warning) about the features of one slide's bag; None where there is none."""
+def feature_faults(bag: FeatureBag, standardized: bool = False) -> tuple[str | None, str | None]:
+    """(error, warning) about the features of one slide's bag; None where there is none.
+
+    ``standardized``: the features are z-scored before training, so large values are no warning.
+    """
     f = bag.features
     error = None
     if f.element_size() > 4:  # float64: finite here, maybe not in float32
@@ -35,7 +40,7 @@ def feature_faults(bag: FeatureBag) -> tuple[str | None, str | None]:
                      f"{float(f.abs().max()):.3g}); training casts features to float32: rescale them")
     top = float(f.abs().max())
     warning = None
-    if error is None and top > FEATURE_WARN:
+    if error is None and not standardized and top > FEATURE_WARN:
         warning = (f"features reach |x| = {top:.3g} (above {FEATURE_WARN:g}): float32 training may overflow "
                    "or lose precision; set cohort.standardize: true or rescale the features")
     return error, warning

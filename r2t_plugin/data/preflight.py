@@ -109,11 +109,14 @@ def _table_problems(cohort: Cohort) -> list[Problem]:
     return out
 
 
-def preflight(cohort: Cohort, skip_missing: bool = False, *, one_per_cell: bool = False) -> PreflightReport:
+def preflight(cohort: Cohort, skip_missing: bool = False, *, one_per_cell: bool = False,
+              standardized: bool = False) -> PreflightReport:
     """Read every slide of ``cohort`` and check it; see the module docstring.
 
     The data checks of :mod:`r2t_plugin.data.checks` run on every slide and case-level bag;
-    ``one_per_cell``: two patches in one grid cell are a problem too (for R²T's coords layout).
+    ``one_per_cell``: two patches in one grid cell are a problem too (for R²T's coords layout);
+    ``standardized``: the features will be z-scored before training (``cohort.standardize``),
+    so large feature values are no notice.
 
     Raises :class:`PreflightError` listing every problem, unless ``skip_missing``: then the
     cases with problems are dropped (a :class:`PreflightWarning` names them) and the report's
@@ -147,7 +150,7 @@ def preflight(cohort: Cohort, skip_missing: bool = False, *, one_per_cell: bool 
                 problems.append(Problem(f"cannot use file: {text}", case, slide, str(path)))
                 continue
             bag.slide_ids = (slide,)
-            error, warning = feature_faults(bag)
+            error, warning = feature_faults(bag, standardized)
             notices += [Problem(warning, case, slide, str(path))] if warning else []
             faults = [error] if error else grid_faults(bag, one_per_cell)
             if faults:

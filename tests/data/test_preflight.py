@@ -185,6 +185,25 @@ def test_large_feature_values_are_a_warning_naming_the_slide(writer):
     with pytest.warns(PreflightWarning, match=r"slide 'loud'.*\|x\| = 3e\+04"):
         report = preflight(Cohort(writer.table(rows), writer.features, label_col="label"))
     assert report.problems == [] and [p.slide_id for p in report.notices] == ["loud"]
+    assert "set cohort.standardize: true" in report.notices[0].message
+
+
+def test_large_feature_values_are_no_warning_when_standardized(writer, recwarn):
+    """z-scored per column with the training instances' statistics, 3e4 raw values are harmless."""
+    from r2t_plugin.data.checks import feature_faults
+
+    writer.slide("s0")
+    writer.slide("loud", feats=np.full((6, 4), 3e4, np.float32))
+    rows = [{"case_id": "c0", "slide_id": "s0", "label": 0}, {"case_id": "c1", "slide_id": "loud", "label": 1}]
+    report = preflight(Cohort(writer.table(rows), writer.features, label_col="label"), standardized=True)
+    assert report.problems == [] and report.notices == []
+    assert not [w for w in recwarn if issubclass(w.category, PreflightWarning)]
+    import torch
+
+    from r2t_plugin import FeatureBag
+
+    huge = FeatureBag(torch.tensor([[1e39, 0.0]], dtype=torch.float64))  # beyond float32: still an error
+    assert feature_faults(huge, standardized=True)[0] is not None
 
 
 def test_a_float64_bag_from_any_reader_is_checked_in_float32():
