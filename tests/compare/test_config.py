@@ -131,7 +131,7 @@ def test_bench_config_is_valid():
     bench = Path(__file__).resolve().parents[2] / "bench" / "compare_mil.yaml"
     cfg = load_config(bench)
     assert [a.name for a in cfg.aggregators] == ["abmil", "gated_abmil", "transmil", "dsmil", "clam_sb"]
-    assert cfg.folds == 10 and cfg.seeds == (0,) and cfg.cohort.standardize
+    assert cfg.folds == 10 and cfg.seeds == (0, 1, 2) and cfg.cohort.standardize
     assert cfg.variants[1].r2t["layout"] == "sequence"
 
 
