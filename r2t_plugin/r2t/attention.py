@@ -14,17 +14,23 @@ of a fused attention kernel.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lean import dropout, no_hooks
-from .regions import Regions
+from .lean import Packer, dropout, no_hooks
+from .regions import Chunk, Regions
 
-__all__ = ["RegionAttention", "region_attention"]
+__all__ = ["RegionAttention", "region_attention", "CHUNK_TOKENS", "STREAM_CHUNK_TOKENS"]
 
 # slots per chunk of regions: bounds every temporary of the region attention
 CHUNK_TOKENS = 4096
+# inference (``add_into``) holds one token-width buffer, so its per-chunk temporaries are
+# most of the rest: it attends fewer slots at a time (100k patches, coords layout: process
+# peak 1.15 -> 0.98 GB, forward time within 3 %; bench/README.md)
+STREAM_CHUNK_TOKENS = 1024
 # on CPU, call the fused kernel and its backward directly (no forward recomputation)
 _FUSED_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
@@ -89,6 +95,26 @@ def _spread(z: Tensor, pos: Tensor, n_slots: int, fill: Tensor | None) -> Tensor
     return out.index_copy_(0, pos, z)
 
 
+def _attend_chunk(rows: Tensor, ch: Chunk, ln: tuple[Tensor, Tensor] | None, wt: Tensor, b: Tensor,
+                  w: Tensor | None, heads: int, pads_active: bool, eps: float, dt: torch.dtype,
+                  fused: bool) -> tuple[Tensor, Tensor | None]:
+    """The attention output (c, C) of a chunk's tokens ``rows`` (c, C), before the output
+    projection, and on the ``fused`` CPU path its log-sum-exp (else None)."""
+    n, p, c = ch.n, ch.p, rows.shape[1]
+    _, q_rows, kv_rows = _project(rows, ln, wt, b, ch.pos, n * p, pads_active, eps, dt)
+    kv = kv_rows.view(n, p, 2, heads, -1)
+    q = _heads(_epeg(q_rows, w, n, p), n, p, heads)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    mask = None if pads_active else _additive_mask(ch.active, n, p, dt)
+    lse = None
+    if fused:
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = o.transpose(1, 2).reshape(n * p, c)
+    return (o if ch.pos is None else o.index_select(0, ch.pos)), lse
+
+
 class _RegionAttention(torch.autograd.Function):
     """``a = LN(h)``, ``qkv = a W^T + b``, then softmax(q̃ kᵀ / sqrt(d)) v inside every
     region, chunk by chunk.
@@ -115,21 +141,12 @@ class _RegionAttention(torch.autograd.Function):
             wt, b = weight.to(dt), bias.to(dt)
             w_c = None if w is None else w.to(dt)
             out = h.new_empty(t, c, dtype=dt)
-            lse = []
-            for idx, act, n, p, pos, tok, _ in regions.chunks(chunk_tokens):
-                _, q_rows, kv_rows = _project(h.index_select(0, tok), ln, wt, b, pos, n * p,
-                                              regions.pads_active, eps, dt)
-                kv = kv_rows.view(n, p, 2, heads, -1)
-                q = _heads(_epeg(q_rows, w_c, n, p), n, p, heads)
-                k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-                mask = None if regions.pads_active else _additive_mask(act, n, p, dt)
-                if fused:
-                    o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
-                    lse.append(l)
-                else:
-                    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                o = o.transpose(1, 2).reshape(n * p, c)
-                out.index_copy_(0, tok, o if pos is None else o.index_select(0, pos))
+            lse, packed = [], Packer(heads * regions.slots.numel())
+            for ch in regions.chunks(chunk_tokens):
+                o, l = _attend_chunk(h.index_select(0, ch.tok), ch, ln, wt, b, w_c, heads, regions.pads_active,
+                                     eps, dt, fused)
+                lse.append(None if l is None else packed.add(l.reshape(-1)).view_as(l))
+                out.index_copy_(0, ch.tok, o)
         ctx.save_for_backward(h, ln_w, ln_b, weight, bias, w, out)
         ctx.lse, ctx.regions, ctx.heads, ctx.chunk_tokens, ctx.fused = lse, regions, heads, chunk_tokens, fused
         ctx.eps = eps
@@ -263,6 +280,30 @@ class RegionAttention(nn.Module):
         """The attention inside the regions, before the output projection: (T, C) -> (T, C)."""
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0]
         return region_attention(x, norm, self.qkv.weight, self.qkv.bias, w, regions, self.heads, self.chunk_tokens)
+
+    def add_into(self, x: Tensor, regions: Regions, norm: nn.LayerNorm | None = None, *,
+                 visit: Callable[[Chunk, Tensor], None] | None = None, twice: bool = False) -> None:
+        """Inference (no gradients, eval): ``x += R-MSA(LN(x))`` in place, one chunk of
+        regions at a time. A chunk reads and writes only its own tokens (each token sits in
+        one slot), so no token-width temporary is ever made.
+
+        ``visit(chunk, rows)`` sees each chunk's new rows before they are written (CR-MSA
+        takes its representatives there); ``twice`` writes ``x + (x + R-MSA(LN(x)))``
+        instead: the encoder's shortcut added, while ``x`` still is the encoder's input."""
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        ln = None if norm is None else (norm.weight, norm.bias)
+        eps = 0.0 if norm is None else norm.eps
+        wt, b = self.qkv.weight.to(dt), self.qkv.bias.to(dt)
+        w = None if self.pe is None else self.pe.weight[:, 0, :, 0].to(dt)
+        for ch in regions.chunks(min(self.chunk_tokens, STREAM_CHUNK_TOKENS)):
+            rows = x.index_select(0, ch.tok)
+            with torch.autocast(dev, enabled=False):
+                o, _ = _attend_chunk(rows, ch, ln, wt, b, w, self.heads, regions.pads_active, eps, dt, fused=False)
+            new = self.drop(self.proj(o)).to(x.dtype).add_(rows)
+            if visit is not None:
+                visit(ch, new)
+            x.index_copy_(0, ch.tok, new.add_(rows) if twice else new)
 
     def output(self, o: Tensor) -> Tensor:
         """The output projection and dropout of :meth:`attend`'s result (without gradients:

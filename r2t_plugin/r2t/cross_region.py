@@ -9,13 +9,14 @@ rows from the layer's input. The attention across the R x K representatives and 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CHUNK_TOKENS, _take
+from .attention import CHUNK_TOKENS, STREAM_CHUNK_TOKENS, _take
+from .lean import Packer
 from .regions import Chunk, Regions
 
 __all__ = ["CrossRegionAttention"]
@@ -49,14 +50,14 @@ class _Summarise(torch.autograd.Function):
         dev = x.device.type
         ctx.autocast = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ln = None if ln_w is None else (ln_w, ln_b)
-        gs, reps = [], []
+        gs, reps = Packer(regions.slots.numel()), Packer(regions.n_regions)
         for ch in regions.chunks(chunk_tokens):
             g, r = _summary(_normed(x.index_select(0, ch.tok), ln, eps, ch), phi, ch)
-            gs.append(g.reshape(ch.n * ch.p, -1))
-            reps.append(r)
+            gs.add(g.reshape(ch.n * ch.p, -1))
+            reps.add(r)
         ctx.save_for_backward(x, ln_w, ln_b, *phi_params)
         ctx.regions, ctx.chunk_tokens, ctx.eps, ctx.phi = regions, chunk_tokens, eps, phi
-        return torch.cat(gs), torch.cat(reps)
+        return gs.buffer, reps.buffer
 
     @staticmethod
     def backward(ctx, grad_g: Tensor, grad_reps: Tensor):
@@ -84,20 +85,27 @@ class _Summarise(torch.autograd.Function):
         return (grad_x, grads[0], grads[1], None, None, None, None, *grads[2:])
 
 
+def _dispatched(weights: Tensor, mixed: Tensor, regions: Regions, chunk_tokens: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(tokens, their dispatched rows ``weights @ mixed`` of their region), chunk by chunk."""
+    m0 = 0
+    for ch in regions.chunks(chunk_tokens):
+        w = weights[m0 : m0 + ch.n * ch.p].view(ch.n, ch.p, -1)
+        m0 += ch.n * ch.p
+        y = (w.to(mixed.dtype) @ mixed[ch.first : ch.first + ch.n]).view(ch.n * ch.p, -1)
+        yield ch.tok, (y if ch.pos is None else y.index_select(0, ch.pos))
+
+
 class _Dispatch(torch.autograd.Function):
     """(M, K) weights, (R, K, C) mixed representatives -> (T, C): every token gets its
     slot's ``weights @ mixed`` of its region."""
 
     @staticmethod
     def forward(ctx, weights: Tensor, mixed: Tensor, regions: Regions, chunk_tokens: int) -> Tensor:
-        out, m0 = None, 0
-        for ch in regions.chunks(chunk_tokens):
-            w = weights[m0 : m0 + ch.n * ch.p].view(ch.n, ch.p, -1)
-            m0 += ch.n * ch.p
-            y = (w.to(mixed.dtype) @ mixed[ch.first : ch.first + ch.n]).view(ch.n * ch.p, -1)
+        out = None
+        for tok, y in _dispatched(weights, mixed, regions, chunk_tokens):
             if out is None:
                 out = y.new_empty(regions.n_tokens, y.shape[1])
-            out.index_copy_(0, ch.tok, y if ch.pos is None else y.index_select(0, ch.pos))
+            out.index_copy_(0, tok, y)
         ctx.save_for_backward(weights, mixed)
         ctx.regions, ctx.chunk_tokens, ctx.dtype = regions, chunk_tokens, out.dtype
         return out
@@ -165,9 +173,38 @@ class CrossRegionAttention(nn.Module):
         ``per_bag`` False reproduces the reference: the regions of every bag in the batch
         form one sequence (bags leak into each other).
         """
+        weights, mixed = self._combine(*self._summarise(x, regions, norm, self.chunk_tokens), regions, per_bag)
+        return _Dispatch.apply(weights, mixed, regions, self.chunk_tokens)
+
+    def add_into(self, x: Tensor, regions: Regions, per_bag: bool = True, norm: nn.LayerNorm | None = None) -> None:
+        """Inference (no gradients, eval): ``x += CRMSA(LN(x))`` in place. The representatives
+        are taken from all of ``x`` first; the dispatch then adds into it chunk by chunk."""
+        chunk = min(self.chunk_tokens, STREAM_CHUNK_TOKENS)
+        self.add_mixed(x, *self._summarise(x, regions, norm, chunk), regions, per_bag)
+
+    def chunk_summary(self, rows: Tensor, ch: Chunk, norm: nn.LayerNorm | None) -> tuple[Tensor, Tensor]:
+        """Inference: a chunk's Φ logits (n * p, K) and representatives (n, K, C) from its
+        tokens ``rows`` (c, C), as :meth:`forward` takes them, for :meth:`add_mixed`."""
+        ln = None if norm is None else (norm.weight, norm.bias)
+        g, r = _summary(_normed(rows, ln, 0.0 if norm is None else norm.eps, ch), self.logits, ch)
+        return g.reshape(ch.n * ch.p, -1), r
+
+    def add_mixed(self, x: Tensor, g: Tensor, reps: Tensor, regions: Regions, per_bag: bool) -> None:
+        """Inference: ``x += CRMSA`` from every slot's Φ logits ``g`` (M, K) and the
+        representatives (R, K, C) of ``x``'s layer-normed tokens, dispatched chunk by chunk."""
+        weights, mixed = self._combine(g, reps, regions, per_bag)
+        for tok, y in _dispatched(weights, mixed, regions, min(self.chunk_tokens, STREAM_CHUNK_TOKENS)):
+            x.index_add_(0, tok, y.to(x.dtype))
+
+    def _summarise(self, x: Tensor, regions: Regions, norm: nn.LayerNorm | None, chunk_tokens: int
+                   ) -> tuple[Tensor, Tensor]:
+        """Φ logits (M, K) of every slot and the (R, K, C) representatives of LN(x)."""
         ln_w, ln_b, eps = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
         params = [self.phi] if isinstance(self.phi, nn.Parameter) else list(self.phi.parameters())
-        g, reps = _Summarise.apply(x, ln_w, ln_b, regions, self.chunk_tokens, eps, self.logits, *params)
+        return _Summarise.apply(x, ln_w, ln_b, regions, chunk_tokens, eps, self.logits, *params)
+
+    def _combine(self, g: Tensor, reps: Tensor, regions: Regions, per_bag: bool) -> tuple[Tensor, Tensor]:
+        """(M, K) dispatch x min-max weights of every slot and the (R, K, C) mixed representatives."""
         if per_bag:
             mixed = self._per_bag(reps, regions)
         else:
@@ -182,8 +219,7 @@ class CrossRegionAttention(nn.Module):
             g_min = gr.masked_fill(~keep, float("inf")).amin(dim=1, keepdim=True)
             g_max = gr.masked_fill(~keep, float("-inf")).amax(dim=1, keepdim=True)
             weights.append(((gr - g_min) / (g_max - g_min + 1e-8) * dispatch).masked_fill(~keep, 0.0).flatten(0, 1))
-        weights = torch.cat(weights) if len(weights) > 1 else weights[0]
-        return _Dispatch.apply(weights, mixed, regions, self.chunk_tokens)
+        return (torch.cat(weights) if len(weights) > 1 else weights[0]), mixed
 
     def _per_bag(self, reps: Tensor, regions: Regions) -> Tensor:
         """Attention across the regions of each bag separately; (R, K, C) -> (R, K, C)."""

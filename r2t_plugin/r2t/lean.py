@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["dropout", "relu_dropout", "projection", "no_hooks"]
+__all__ = ["dropout", "relu_dropout", "projection", "no_hooks", "Packer"]
 
 
 def no_hooks(*modules: nn.Module) -> bool:
@@ -92,3 +92,22 @@ def projection(seq: nn.Sequential, x: Tensor) -> Tensor:
     if not torch.is_grad_enabled() and type(act) is nn.ReLU and no_hooks(act):
         return drop(torch.relu_(linear(x)))  # in place: nothing holds the linear output
     return relu_dropout(linear(x), act, drop)
+
+
+class Packer:
+    """Per-chunk results gathered into one buffer of ``total`` rows, allocated at the first
+    chunk, instead of a list joined by ``torch.cat``: no small blocks are left between the
+    chunks' temporaries, which would keep the allocator from reusing their memory (measured:
+    0.04-0.05 GB of process peak at 100k patches)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.at = total, 0
+        self.buffer: Tensor | None = None
+
+    def add(self, rows: Tensor) -> Tensor:
+        """Copy ``rows`` (n, ...) into the next n rows; returns that view of the buffer."""
+        if self.buffer is None:
+            self.buffer = rows.new_empty(self.total, *rows.shape[1:])
+        view = self.buffer[self.at : self.at + len(rows)]
+        self.at += len(rows)
+        return view.copy_(rows)

@@ -12,9 +12,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..nn import make_activation
 from . import lean
-from .attention import CHUNK_TOKENS, RegionAttention
+from .lean import Packer
+from .attention import CHUNK_TOKENS, STREAM_CHUNK_TOKENS, RegionAttention
 from .cross_region import CrossRegionAttention
-from .regions import Regions, coords_regions, official_regions, sequence_regions
+from .regions import Chunk, Regions, coords_regions, official_regions, sequence_regions
 
 __all__ = ["R2T"]
 
@@ -219,10 +220,14 @@ class R2T(nn.Module):
                 mask, lengths = torch.ones(b, n, dtype=torch.bool, device=x.device), [n] * b
             regions = cr = self.partition(mask, coords, patch_size, lengths=lengths)
         flat = x.reshape(b * n, x.shape[-1])
-        if regions.tokens is not None:
-            flat = flat.index_select(0, regions.tokens)
-        h = lean.projection(self.proj, flat) if self.proj is not None else flat
-        h = self._encode(h, regions, cr, per_bag=self.mode != "official")
+        per_bag = self.mode != "official"
+        if not (self.training or torch.is_grad_enabled()) and lean.no_hooks(*self.modules()):
+            h = self._stream(flat, regions, cr, per_bag)
+        else:
+            if regions.tokens is not None:
+                flat = flat.index_select(0, regions.tokens)
+            h = lean.projection(self.proj, flat) if self.proj is not None else flat
+            h = self._encode(h, regions, cr, per_bag)
         if regions.tokens is None:
             out = h.reshape(b, n, h.shape[-1])
         else:
@@ -245,6 +250,63 @@ class R2T(nn.Module):
             o = last.attn.attend(x, rmsa, norm=last.norm)
             return checkpoint(self._tail, o, x, shortcut, cr, per_bag, use_reentrant=False)
         return self._finish(x, shortcut, cr, per_bag)
+
+    def _stream(self, flat: Tensor, rmsa: Regions, cr: Regions, per_bag: bool) -> Tensor:
+        """Inference (eval, no gradients, no hooks): :meth:`_encode`'s values (to rounding) on
+        ONE (T, C) buffer, which every layer updates in place, chunk by chunk of regions.
+
+        The input projection runs block by block (a padded batch's input is never gathered
+        whole). With one R-MSA layer whose regions CR-MSA shares (the usual stage), CR-MSA
+        takes its representatives inside the R-MSA pass, so that pass can already add the
+        encoder's input for ``all_shortcut`` (``x + s`` with ``x = s + RMSA``); otherwise
+        the projection runs again at the end for it. The final LayerNorm runs in place."""
+        t, tokens, step = rmsa.n_tokens, rmsa.tokens, STREAM_CHUNK_TOKENS
+
+        def block(i: int) -> Tensor:
+            rows = flat[i : i + step] if tokens is None else flat.index_select(0, tokens[i : i + step])
+            return lean.projection(self.proj, rows) if self.proj is not None else rows
+
+        first = block(0)
+        h = first.new_empty(t, first.shape[1])  # a copy even without projection: x is never written
+        for i in range(0, t, step):
+            h[i : i + step] = first if i == 0 else block(i)
+        del first
+        *before, last = [None, *self.layers]
+        for layer in before[1:]:
+            layer.attn.add_into(h, rmsa, norm=layer.norm)
+        crmsa = None if self.crmsa is None else self.crmsa.attn
+        fused = last is not None and (crmsa is None or cr is rmsa)
+        twice = self.all_shortcut and fused and len(self.layers) == 1
+        if fused:
+            g, reps = Packer(cr.slots.numel()), Packer(cr.n_regions)
+
+            def visit(ch: Chunk, rows: Tensor) -> None:
+                g_ch, reps_ch = crmsa.chunk_summary(rows, ch, self.crmsa.norm)
+                g.add(g_ch)
+                reps.add(reps_ch)
+
+            last.attn.add_into(h, rmsa, norm=last.norm, visit=None if crmsa is None else visit, twice=twice)
+            if crmsa is not None:
+                crmsa.add_mixed(h, g.buffer, reps.buffer, cr, per_bag)
+        else:
+            if last is not None:
+                last.attn.add_into(h, rmsa, norm=last.norm)
+            if crmsa is not None:
+                crmsa.add_into(h, cr, per_bag=per_bag, norm=self.crmsa.norm)
+        out = h if self.head is None else None
+        for i in range(0, t, step):
+            rows = h[i : i + step]
+            if self.all_shortcut and not twice:
+                rows += block(i)
+            z = self.norm(rows)
+            if self.head is None:
+                rows.copy_(z)
+                continue
+            z = self.head(z)
+            if out is None:
+                out = z.new_empty(t, z.shape[1])
+            out[i : i + step] = z
+        return out
 
     def _tail(self, o: Tensor, x: Tensor, shortcut: Tensor, cr: Regions | None, per_bag: bool) -> Tensor:
         return self._finish(_residual(self.layers[-1].attn.output(o), x), shortcut, cr, per_bag)
