@@ -73,10 +73,10 @@ def memorisation_lines(rows: list[dict[str, Any]], config: CompareConfig, monito
                              f"≤ {CHANCE[monitor] + NEAR_CHANCE:.2f} (chance {CHANCE[monitor]:.2f})")
     if not lines:
         return []
-    return ["**Memorisation warning**: these models learned their training bags, not the task, so "
-            "their test numbers say nothing about R²T; if the plain variant memorises too, nothing "
-            "learns this cohort with these settings (more data, fewer parameters, stronger "
-            "regularisation).", "", *lines]
+    return ["**Memorisation warning**: the runs below learned their training bags, not the task, so "
+            "their test numbers say nothing about R²T; where most runs of the plain variant memorise "
+            "too, nothing learns this cohort with these settings (more data, fewer parameters, "
+            "stronger regularisation).", "", *lines]
 
 
 def bottom_line(diffs: list[Any], config: CompareConfig, metric: str) -> str:
