@@ -23,7 +23,11 @@ from torch import nn
 from .io import atomic_torch_save
 from .models import ModelSpec, save_checkpoint
 
-__all__ = ["Progress", "check_same_run", "save_resume", "load_resume", "save_best", "load_best"]
+__all__ = ["Progress", "RUNTIME_FIELDS", "fingerprint", "check_same_run", "save_resume", "load_resume",
+           "save_best", "load_best"]
+
+# run settings that do not change what is trained (allowed to differ when resuming)
+RUNTIME_FIELDS = ("device", "num_threads", "num_workers", "progress", "resume")
 
 
 @dataclass
@@ -41,6 +45,15 @@ class Progress:
     def stopped(self, patience: int | None) -> bool:
         """Whether early stopping has ended the run (``patience`` None: never)."""
         return bool(patience and self.wait >= patience)
+
+
+def fingerprint(settings: dict[str, Any], model: nn.Module, task: Any, sizes: tuple[int, int, int]) -> dict[str, Any]:
+    """What identifies a run when resuming: its settings less :data:`RUNTIME_FIELDS`, the
+    model's class and size, the task and the sizes of its training, validation and test parts."""
+    d = {k: v for k, v in settings.items() if k not in RUNTIME_FIELDS}
+    d.update(model=type(model).__name__, n_params=sum(p.numel() for p in model.parameters()), task=repr(task),
+             n_train=sizes[0], n_val=sizes[1], n_test=sizes[2])
+    return d
 
 
 def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from .bag import BagBatch, FeatureBag
-from .checkpoint import Progress, check_same_run, load_best, load_resume, save_best, save_resume
+from .checkpoint import Progress, check_same_run, fingerprint, load_best, load_resume, save_best, save_resume
 from .data.loader import BagLoader, bag_targets, default_workers, waited
 from .io import atomic_write_text
 from .models import ModelSpec
@@ -61,8 +61,6 @@ __all__ = ["TrainConfig", "TrainConfigError", "FitResult", "fit", "evaluate", "s
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _CHOICES = {"optimizer": tuple(_OPTIMIZERS), "amp": (None, *_AMP), "select": ("score", "loss")}
-# fields that do not change what is trained (allowed to differ when resuming)
-_RUNTIME_FIELDS = ("device", "num_threads", "num_workers", "progress", "resume")
 
 
 class TrainConfigError(ValueError):
@@ -140,7 +138,7 @@ class FitResult:
     best_epoch: int
     seconds: float
     peak_memory_mb: float
-    peak_memory_kind: str  # "cuda_max_allocated" or "process_max_rss"
+    peak_memory_kind: str  # "cuda_max_allocated", "run_max_rss" (Linux) or "process_max_rss" (the process's life)
     n_params: int
     out_dir: str
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
@@ -232,16 +230,20 @@ def _score(history: list[dict[str, float]], task: Task, cfg: TrainConfig) -> tup
     return (full, loss, score) if cfg.select == "loss" else (full, score, loss)
 
 
-def _fingerprint(cfg: TrainConfig, model: nn.Module, task: Task, sizes: tuple[int, int, int]) -> dict[str, Any]:
-    d = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    d.update(model=type(model).__name__, n_params=count_parameters(model), task=repr(task),
-             n_train=sizes[0], n_val=sizes[1], n_test=sizes[2])
-    return d
+def _reset_peak_rss() -> bool:
+    """Restart the count of this process's peak resident memory (Linux); whether it could."""
+    try:
+        return Path("/proc/self/clear_refs").write_text("5", encoding="ascii") == 1
+    except OSError:
+        return False
 
 
-def _peak_memory(device: torch.device) -> tuple[float, str]:
+def _peak_memory(device: torch.device, rss_reset: bool) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    if rss_reset:  # the peak resident set since this run began (VmHWM), not over the process's life
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(s.split()[1]) for s in fh if s.startswith("VmHWM:")) / 1024, "run_max_rss"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
@@ -316,7 +318,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
     if len(train_bags) == 0 or len(val_bags) == 0:
         raise ValueError(f"{out}: need training and validation bags, got {len(train_bags)} and {len(val_bags)}")
     device = torch.device(cfg.device)
-    fp = _fingerprint(cfg, model, task, (len(train_bags), len(val_bags), len(test_bags)))
+    fp = fingerprint(asdict(cfg), model, task, (len(train_bags), len(val_bags), len(test_bags)))
     result_path, last_path, best_path = out / "result.json", out / "last.pt", out / "best.pt"
     if cfg.resume and result_path.is_file():
         with open(result_path, encoding="utf-8") as fh:
@@ -343,6 +345,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         give_label = task.kind == "classification" and takes_label(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        rss_reset = device.type != "cuda" and _reset_peak_rss()
         run = load_resume(last_path, parts, fp) if cfg.resume and last_path.is_file() else Progress()
         workers = cfg.workers_for(len(train_bags))
         train_loader = BagLoader(train_bags, batch_size=cfg.batch_size, num_workers=workers, device=device)
@@ -384,7 +387,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
                                num_workers=workers)
         run.seconds += time.perf_counter() - t0
         val_best = {k[4:]: v for k, v in run.history[run.best_epoch].items() if k.startswith("val_")}
-        peak, kind = _peak_memory(device)
+        peak, kind = _peak_memory(device, rss_reset)
         result = FitResult(val=val_best, test=test, monitor=task.monitor, epochs_run=len(run.history),
                            best_epoch=run.best_epoch, seconds=run.seconds, peak_memory_mb=peak,
                            peak_memory_kind=kind, n_params=count_parameters(model), out_dir=str(out),

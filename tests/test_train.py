@@ -224,3 +224,19 @@ def test_loader_workers_are_checked_logged_and_do_not_block_a_resume(tmp_path):
     again = fit(abmil(), ClassificationTask(2), train, val, [],
                 TrainConfig(**{**CFG, "epochs": 2, "num_workers": 3}), tmp_path)
     assert again.history == first.history
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux /proc")
+def test_peak_memory_is_the_runs_own_not_the_process_lifetime(tmp_path):
+    """A run's peak_memory_mb is not raised by what the process held before it (an earlier
+    run of a comparison, a filled cache that was dropped)."""
+    def rss_mb() -> float:
+        with open("/proc/self/status") as fh:
+            return next(int(s.split()[1]) for s in fh if s.startswith("VmRSS:")) / 1024
+
+    big = torch.ones(600 * 2**20 // 4)  # 600 MB touched, then returned to the system
+    del big
+    res = fit(abmil(), ClassificationTask(2), easy_bags(8, 1), easy_bags(4, 2), [],
+              TrainConfig(**{**CFG, "epochs": 1}), tmp_path)
+    assert res.peak_memory_kind == "run_max_rss"
+    assert res.peak_memory_mb < rss_mb() + 300
