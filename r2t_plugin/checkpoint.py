@@ -1,7 +1,8 @@
 """The checkpoints of one training run (:func:`r2t_plugin.train.fit`), kept apart from its epoch loop.
 
 - ``last.pt``: the state of every stateful part of the run (model, optimizer, learning-rate
-  schedule, gradient scaler), the torch RNG and the :class:`Progress`, so that an
+  schedule, gradient scaler), the torch RNGs (CPU, and every GPU's once CUDA is in use: dropout
+  and random pseudo-bags draw from them) and the :class:`Progress`, so that an
   interrupted run continues exactly where it stopped;
 - ``best.pt``: the selected model, self-describing (:func:`r2t_plugin.models.save_checkpoint`)
   when its :class:`~r2t_plugin.models.ModelSpec` is known, else the bare ``state_dict``.
@@ -65,19 +66,23 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> No
 
 
 def save_resume(path: Path, parts: dict[str, Any], progress: Progress, fingerprint: dict[str, Any]) -> None:
-    """Write ``last.pt``: ``state_dict()`` of every part, the torch RNG, ``progress``."""
+    """Write ``last.pt``: ``state_dict()`` of every part, the torch RNGs, ``progress``."""
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
     atomic_torch_save({"state": {name: part.state_dict() for name, part in parts.items()},
-                       "rng": torch.get_rng_state(), "fingerprint": json.dumps(fingerprint),
+                       "rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "fingerprint": json.dumps(fingerprint),
                        "progress": {**asdict(progress), "best_key": list(progress.best_key)}}, path)
 
 
 def load_resume(path: Path, parts: dict[str, Any], fingerprint: dict[str, Any]) -> Progress:
-    """Restore what :func:`save_resume` wrote into ``parts`` (and the RNG); the saved progress."""
+    """Restore what :func:`save_resume` wrote into ``parts`` (and the RNGs); the saved progress."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     check_same_run(json.loads(saved["fingerprint"]), fingerprint, path)
     for name, part in parts.items():
         part.load_state_dict(saved["state"][name])
     torch.set_rng_state(saved["rng"])
+    cuda_rng = saved.get("cuda_rng") or []
+    if cuda_rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_rng[:torch.cuda.device_count()])
     return Progress(**{**saved["progress"], "best_key": tuple(saved["progress"]["best_key"])})
 
 
