@@ -135,6 +135,10 @@ class Cohort:
             except pd.errors.EmptyDataError as exc:
                 raise CohortError(f"{self.source}: the file is empty; write a header line (case_id, "
                                   "slide_id and the target columns) and one row per slide") from exc
+            except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+                why = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+                raise CohortError(f"{self.source}: not a readable CSV table ({why}); save it as UTF-8 CSV "
+                                  "with one header line and the same number of fields on every row") from exc
         dirs = [Path(feature_dirs)] if isinstance(feature_dirs, (str, os.PathLike)) \
             else [Path(d) for d in feature_dirs]
         try:

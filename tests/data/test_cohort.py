@@ -92,3 +92,14 @@ def test_bags_are_lazy_and_cached_on_request(writer, monkeypatch):
         assert (first is again) == cache
         assert reads == (["a", "a"] if not cache else ["a"])
         reads.clear()
+
+
+def test_a_malformed_or_non_utf8_table_is_one_cohort_error_naming_it(writer):
+    bad = writer.root / "ragged.csv"
+    bad.write_text("case_id,slide_id,label\nc0,s0,1\nc1,s1,0,extra,more\n")
+    with pytest.raises(CohortError, match=r"ragged\.csv: not a readable CSV table \(Expected 3 fields in line 3"):
+        Cohort(bad, writer.features, label_col="label")
+    latin = writer.root / "latin1.csv"
+    latin.write_bytes("case_id,slide_id,label\nc0,Gewebe_\u00e4,1\n".encode("latin-1"))
+    with pytest.raises(CohortError, match=r"latin1\.csv: not a readable CSV table .*UTF-8"):
+        Cohort(latin, writer.features, label_col="label")
