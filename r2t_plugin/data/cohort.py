@@ -292,11 +292,11 @@ class Cohort:
     def stored_case(self, case_id: str) -> FeatureBag:
         """The bag of ``case_id`` as the cache keeps it: like :meth:`load_case`, with
         float16 features under ``cache_dtype="float16"`` (the training loop's form)."""
+        if case_id not in self._cases:  # before the cache, which a subset shares with its cohort
+            raise CohortError(f"{self.source}: unknown case id {case_id!r}")
         hit = self.cache.get(case_id) if self.cache is not None else None
         if hit is not None:
             return hit
-        if case_id not in self._cases:
-            raise CohortError(f"{self.source}: unknown case id {case_id!r}")
         slides = self.slides(case_id)
         if not slides:
             raise CohortError(f"{self.source}: case {case_id!r} has no slides")

@@ -103,3 +103,15 @@ def test_a_malformed_or_non_utf8_table_is_one_cohort_error_naming_it(writer):
     latin.write_bytes("case_id,slide_id,label\nc0,Gewebe_\u00e4,1\n".encode("latin-1"))
     with pytest.raises(CohortError, match=r"latin1\.csv: not a readable CSV table .*UTF-8"):
         Cohort(latin, writer.features, label_col="label")
+
+
+def test_a_subset_does_not_serve_a_case_outside_it_from_the_shared_cache(writer):
+    writer.slide("a")
+    writer.slide("b")
+    csv = writer.table([{"case_id": "A", "slide_id": "a", "label": 0}, {"case_id": "B", "slide_id": "b", "label": 1}])
+    cohort = Cohort(csv, writer.features, label_col="label", cache=True)
+    cohort.load_case("B")  # now in the cache the subset shares
+    only_a = cohort.subset(["A"])
+    assert only_a.cache is cohort.cache
+    with pytest.raises(CohortError, match="unknown case id 'B'"):
+        only_a.load_case("B")
