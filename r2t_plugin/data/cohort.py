@@ -231,11 +231,11 @@ class Cohort:
 
     def labels(self, case_ids: Sequence[str] | None = None) -> list[int]:
         """Class indices of ``case_ids`` (default: all cases)."""
-        return [self.target(c)["label"] for c in (case_ids or self.case_ids)]
+        return [self.target(c)["label"] for c in (self.case_ids if case_ids is None else case_ids)]
 
     def survival(self, case_ids: Sequence[str] | None = None) -> tuple[list[float], list[int]]:
         """(times, events) of ``case_ids`` (default: all cases)."""
-        t = [self.target(c) for c in (case_ids or self.case_ids)]
+        t = [self.target(c) for c in (self.case_ids if case_ids is None else case_ids)]
         return [x["time"] for x in t], [x["event"] for x in t]
 
     def subset(self, case_ids: Sequence[str]) -> "Cohort":

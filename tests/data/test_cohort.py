@@ -115,3 +115,13 @@ def test_a_subset_does_not_serve_a_case_outside_it_from_the_shared_cache(writer)
     assert only_a.cache is cohort.cache
     with pytest.raises(CohortError, match="unknown case id 'B'"):
         only_a.load_case("B")
+
+
+def test_targets_of_no_cases_are_empty_not_every_case(writer):
+    writer.slide("a")
+    csv = writer.table([{"case_id": "A", "slide_id": "a", "time": 3.0, "event": 1}])
+    cohort = Cohort(csv, writer.features, time_col="time", event_col="event")
+    assert cohort.survival([]) == ([], []) and cohort.survival() == ([3.0], [1])
+    labelled = Cohort(writer.table([{"case_id": "A", "slide_id": "a", "label": 1}]), writer.features,
+                      label_col="label")
+    assert labelled.labels([]) == [] and labelled.labels() == [0]
