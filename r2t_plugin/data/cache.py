@@ -3,7 +3,8 @@
 A cohort with ``cache`` set keeps every bag it reads in a :class:`BagCache` (see
 :class:`~r2t_plugin.data.cohort.Cohort`), so that later epochs, the validation passes and
 the other runs of a comparison in the same process read no file again. The budget is in
-bytes (``cache: 8GB``; ``cache: true`` is half the machine's physical memory); bags are
+bytes (``cache: 8GB``; ``cache: true`` is half the memory the process may use: the machine's
+physical memory, or less under a container's or batch job's cgroup limit); bags are
 kept first come, first kept: once the budget is used up, further bags are read from their
 files every time (no eviction, which would make a shuffled pass over a cohort larger than
 the budget miss on almost every bag).
@@ -19,6 +20,7 @@ import copy
 import os
 import re
 import threading
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -31,19 +33,43 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*")
 _F16_MAX = float(torch.finfo(torch.float16).max)
+_ROOT = Path("/")  # where /proc and /sys/fs/cgroup are read (tests point it elsewhere)
+
+
+def _cgroup_limits(root: Path) -> list[int]:
+    """Memory limits (bytes) on this process's cgroup and its parents: cgroup v2 (``memory.max``
+    along the path in ``/proc/self/cgroup``) or v1 (``memory.limit_in_bytes``)."""
+    files = [root / "sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for here in (PurePosixPath(line[3:].strip()) for line in lines if line.startswith("0::")):
+        files += [root / "sys/fs/cgroup" / str(d).lstrip("/") / "memory.max" for d in (here, *here.parents)]
+    limits = []
+    for f in files:
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max": no limit
+            limits.append(int(text))
+    return limits
 
 
 def physical_memory() -> int:
-    """Bytes of physical memory of this machine (8 GiB when the system does not say)."""
+    """Bytes of memory this process may use: the machine's physical memory, or a container's
+    or batch job's (cgroup) limit where that is lower; 8 GiB when the system does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+        total = 8 * 2**30
+    return min([total, *_cgroup_limits(_ROOT)])
 
 
 def parse_size(value: bool | int | float | str | None) -> int | None:
-    """A cache budget in bytes: ``False`` / ``None`` / ``0``: no cache; ``True``: half the
-    physical memory; a number: bytes; a string such as ``"8GB"``, ``"512 MiB"``."""
+    """A cache budget in bytes: ``False`` / ``None`` / ``0``: no cache; ``True``: half of
+    :func:`physical_memory`; a number: bytes; a string such as ``"8GB"``, ``"512 MiB"``."""
     if value is None or value is False:
         return None
     if value is True:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numpy as np
@@ -132,6 +133,25 @@ def test_cache_settings_are_parsed_and_bad_ones_name_the_table(cohort_csv):
         _open(cohort_csv, cache_dtype="float16")
     with pytest.raises(CohortError, match="cache_dtype 'int8' is not one of"):
         _open(cohort_csv, cache=True, cache_dtype="int8")
+
+
+def test_cache_true_is_half_of_a_container_or_job_memory_limit(tmp_path, monkeypatch):
+    """Under a cgroup limit (a container, a SLURM job) ``cache: true`` stays within it: half of
+    the lowest limit on the process's cgroup or its parents, not of the machine's memory."""
+    import r2t_plugin.data.cache as cache
+
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text("0::/job_7/step_0\n")
+    for sub, limit in (("", "max"), ("job_7", "2000000000"), ("job_7/step_0", "max")):
+        (tmp_path / "sys/fs/cgroup" / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys/fs/cgroup" / sub / "memory.max").write_text(limit + "\n")
+    monkeypatch.setattr(cache, "_ROOT", tmp_path)
+    assert physical_memory() == min(2 * 10**9, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    assert parse_size(True) == physical_memory() // 2
+    (tmp_path / "proc/self/cgroup").unlink()  # cgroup v1: the memory controller's limit
+    (tmp_path / "sys/fs/cgroup/memory").mkdir()
+    (tmp_path / "sys/fs/cgroup/memory/memory.limit_in_bytes").write_text("1000000\n")
+    assert physical_memory() == 10**6
 
 
 def test_float16_cache_refuses_features_beyond_its_range():
