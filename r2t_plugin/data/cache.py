@@ -82,8 +82,8 @@ def parse_size(value: bool | int | float | str | None) -> int | None:
             raise ValueError(f"{value!r} is not a size: give true/false, a number of bytes or a size "
                              "such as 8GB, 512MB, 16GiB")
         size = float(m.group(1)) * _UNITS[m.group(2)]
-    if size < 0:
-        raise ValueError(f"a cache size must be >= 0, got {value!r}")
+    if not size >= 0 or size == float("inf"):
+        raise ValueError(f"a cache size must be a finite number >= 0, got {value!r}")
     return int(size) or None
 
 

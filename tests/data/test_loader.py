@@ -124,7 +124,7 @@ def test_cache_settings_are_parsed_and_bad_ones_name_the_table(cohort_csv):
     assert parse_size("8GB") == 8 * 10**9 and parse_size("512 MiB") == 512 * 2**20
     assert parse_size(1.5e3) == 1500 and parse_size(True) == physical_memory() // 2
     assert parse_size(False) is None and parse_size(0) is None and make_cache(False) is None
-    for bad in ("lots", "8 parsecs", "-1GB", -5):
+    for bad in ("lots", "8 parsecs", "-1GB", -5, float("inf"), float("nan")):
         with pytest.raises(ValueError):
             parse_size(bad)
     with pytest.raises(CohortError, match=r"cohort\.csv: cache: 'lots' is not a size"):
