@@ -72,7 +72,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray):
-        return value.tolist() if value.size > 1 else _plain(value.reshape(-1)[0].item())
+        return value.tolist() if value.size != 1 else _plain(value.reshape(-1)[0].item())  # [] stays []
     if isinstance(value, np.generic):
         return value.item()
     return value

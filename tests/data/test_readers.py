@@ -151,3 +151,12 @@ def test_unknown_and_broken_files_are_named(tmp_path):
         f["coords"] = np.array([[0, 0], [256, 0]])
     with pytest.raises(ReaderError, match="nan.h5.*NaN"):
         read_bag(tmp_path / "nan.h5")
+
+
+def test_an_empty_attribute_is_read_as_an_empty_list(tmp_path):
+    """Extractors leave empty attributes (e.g. no downsample recorded); the file still reads."""
+    coords = GRID * 256
+    path = write_clam_h5(tmp_path / "s.h5", RNG.standard_normal((5, 4)).astype(np.float32), coords,
+                         patch_size=256, patch_level=0, notes=np.array([], dtype=np.float64))
+    bag = read_bag(path)
+    assert bag.n == 5 and bag.patch_size == 256.0
