@@ -15,9 +15,9 @@ __all__ = ["assemble_case"]
 def assemble_case(case_id: str, bags: Sequence[FeatureBag], **targets: Any) -> FeatureBag:
     """One case-level bag from its slides' bags.
 
-    Slides after the first are shifted along x to start two patches right of the previous
-    slide's right edge, and along y onto the first slide's top row, so every slide lies on
-    one patch lattice without touching another. Raises :class:`BagError` naming the case
+    Slides after the first are shifted along x to start two grid cells right of the previous
+    slide's rightmost patch (one empty column between them), and along y onto the first
+    slide's top row, so every slide lies on one patch lattice without touching another. Raises :class:`BagError` naming the case
     when the slides disagree (feature width, coordinates present or not, patch size, grid
     step, unit). The gap between slides is counted in grid cells (the grid step of
     overlapping patches, else the patch size).
