@@ -149,8 +149,8 @@ class BagCache:
         return _with_features(bag, f.half())
 
     def put(self, key: str, bag: FeatureBag) -> bool:
-        """Keep ``bag`` (in storage form, see :meth:`compact`) if it fits the budget;
-        whether it is held."""
+        """Keep ``bag`` as given (pass it through :meth:`compact` first for the storage form)
+        if it fits the budget; whether it is held."""
         size = bag_nbytes(bag)
         with self._lock:
             grown = self._nbytes - self._sizes.get(key, 0) + size
