@@ -9,7 +9,9 @@ compute stream waits for that copy only. Half-precision features (a float16 cach
 to float32 on the device.
 
 Why threads and not worker processes: a bag read is one contiguous HDF5 read plus a few
-vectorised passes (all outside Python's interpreter lock), the cohort's in-memory cache
+vectorised passes, all outside Python's interpreter lock, so they overlap the training step
+(h5py serialises HDF5 calls with one lock: two threads' reads of the file bytes themselves
+take turns; their decoding, checks and collation do not), the cohort's in-memory cache
 (:mod:`r2t_plugin.data.cache`) lives in this process and is filled by the threads as they
 read, and a bag is not copied through shared memory on its way back.
 
