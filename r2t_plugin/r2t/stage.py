@@ -12,7 +12,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ..nn import make_activation
 from . import lean
-from .lean import Packer
 from .attention import CHUNK_TOKENS, STREAM_CHUNK_TOKENS, RegionAttention
 from .cross_region import CrossRegionAttention
 from .regions import Chunk, Regions, coords_regions, official_regions, sequence_regions
@@ -271,28 +270,26 @@ class R2T(nn.Module):
         for i in range(0, t, step):
             h[i : i + step] = first if i == 0 else block(i)
         del first
-        *before, last = [None, *self.layers]
-        for layer in before[1:]:
+        layers = list(self.layers)
+        last = layers.pop() if layers else None
+        for layer in layers:
             layer.attn.add_into(h, rmsa, norm=layer.norm)
         crmsa = None if self.crmsa is None else self.crmsa.attn
-        fused = last is not None and (crmsa is None or cr is rmsa)
-        twice = self.all_shortcut and fused and len(self.layers) == 1
-        if fused:
-            g, reps = Packer(cr.slots.numel()), Packer(cr.n_regions)
+        shares = crmsa is not None and last is not None and cr is rmsa  # representatives taken in the R-MSA pass
+        twice = self.all_shortcut and last is not None and not layers and (crmsa is None or shares)
+        g, reps = lean.Packer(cr.slots.numel()), lean.Packer(cr.n_regions)
 
-            def visit(ch: Chunk, rows: Tensor) -> None:
-                g_ch, reps_ch = crmsa.chunk_summary(rows, ch, self.crmsa.norm)
-                g.add(g_ch)
-                reps.add(reps_ch)
+        def visit(ch: Chunk, rows: Tensor) -> None:
+            g_ch, reps_ch = crmsa.chunk_summary(rows, ch, self.crmsa.norm)
+            g.add(g_ch)
+            reps.add(reps_ch)
 
-            last.attn.add_into(h, rmsa, norm=last.norm, visit=None if crmsa is None else visit, twice=twice)
-            if crmsa is not None:
-                crmsa.add_mixed(h, g.buffer, reps.buffer, cr, per_bag)
-        else:
-            if last is not None:
-                last.attn.add_into(h, rmsa, norm=last.norm)
-            if crmsa is not None:
-                crmsa.add_into(h, cr, per_bag=per_bag, norm=self.crmsa.norm)
+        if last is not None:
+            last.attn.add_into(h, rmsa, norm=last.norm, visit=visit if shares else None, twice=twice)
+        if shares:
+            crmsa.add_mixed(h, g.buffer, reps.buffer, cr, per_bag)
+        elif crmsa is not None:
+            crmsa.add_into(h, cr, per_bag=per_bag, norm=self.crmsa.norm)
         out = h if self.head is None else None
         for i in range(0, t, step):
             rows = h[i : i + step]
