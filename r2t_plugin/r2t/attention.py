@@ -95,6 +95,11 @@ def _spread(z: Tensor, pos: Tensor, n_slots: int, fill: Tensor | None) -> Tensor
     return out.index_copy_(0, pos, z)
 
 
+def _norm_args(norm: nn.LayerNorm | None) -> tuple[tuple[Tensor, Tensor] | None, float]:
+    """(weight, bias) and eps of a LayerNorm applied inside a layer, or (None, 0.0)."""
+    return (None, 0.0) if norm is None else ((norm.weight, norm.bias), norm.eps)
+
+
 def _attend_chunk(rows: Tensor, ch: Chunk, ln: tuple[Tensor, Tensor] | None, wt: Tensor, b: Tensor,
                   w: Tensor | None, heads: int, pads_active: bool, eps: float, dt: torch.dtype,
                   fused: bool) -> tuple[Tensor, Tensor | None]:
@@ -292,8 +297,7 @@ class RegionAttention(nn.Module):
         instead: the encoder's shortcut added, while ``x`` still is the encoder's input."""
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        ln = None if norm is None else (norm.weight, norm.bias)
-        eps = 0.0 if norm is None else norm.eps
+        ln, eps = _norm_args(norm)
         wt, b = self.qkv.weight.to(dt), self.qkv.bias.to(dt)
         w = None if self.pe is None else self.pe.weight[:, 0, :, 0].to(dt)
         for ch in regions.chunks(min(self.chunk_tokens, STREAM_CHUNK_TOKENS)):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CHUNK_TOKENS, STREAM_CHUNK_TOKENS, _take
+from .attention import CHUNK_TOKENS, STREAM_CHUNK_TOKENS, _norm_args, _take
 from .lean import Packer
 from .regions import Chunk, Regions
 
@@ -185,8 +185,8 @@ class CrossRegionAttention(nn.Module):
     def chunk_summary(self, rows: Tensor, ch: Chunk, norm: nn.LayerNorm | None) -> tuple[Tensor, Tensor]:
         """Inference: a chunk's Φ logits (n * p, K) and representatives (n, K, C) from its
         tokens ``rows`` (c, C), as :meth:`forward` takes them, for :meth:`add_mixed`."""
-        ln = None if norm is None else (norm.weight, norm.bias)
-        g, r = _summary(_normed(rows, ln, 0.0 if norm is None else norm.eps, ch), self.logits, ch)
+        ln, eps = _norm_args(norm)
+        g, r = _summary(_normed(rows, ln, eps, ch), self.logits, ch)
         return g.reshape(ch.n * ch.p, -1), r
 
     def add_mixed(self, x: Tensor, g: Tensor, reps: Tensor, regions: Regions, per_bag: bool) -> None:
