@@ -57,7 +57,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import wilcoxon
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 from sksurv.linear_model import CoxPHSurvivalAnalysis
@@ -65,6 +64,7 @@ from sksurv.util import Surv
 
 from r2t_plugin.bag import FeatureBag
 from r2t_plugin.data.splits import load_or_make_folds, survival_strata
+from r2t_plugin.compare.report import wilcoxon_p
 from r2t_plugin.models import FORMAT, ModelSpec, build_model
 from r2t_plugin.plugins import registry
 from r2t_plugin.tasks import SurvivalTask
@@ -204,7 +204,7 @@ def paired(df: pd.DataFrame, variant: str, key: str = "test_c_index") -> str:
     d = (wide[variant] - wide["plain"]).dropna().to_numpy()
     d = np.where(np.abs(d) < 1e-9, 0.0, d)
     wtl = f"{int((d > 0).sum())}/{int((d == 0).sum())}/{int((d < 0).sum())}"
-    pv = wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue if np.any(d != 0) else float("nan")
+    pv = wilcoxon_p(d)  # r2t compare's own test (two-sided, tied pairs dropped)
     return f"{d.mean():+.3f} ± {d.std(ddof=1):.3f} | {pv:.3f} | {wtl}"
 
 
