@@ -1,5 +1,6 @@
-"""The checkpoints of one training run (:func:`r2t_plugin.train.fit`), kept apart from its epoch loop.
+"""The files of one training run (:func:`r2t_plugin.train.fit`), kept apart from its epoch loop.
 
+- ``log.csv``: one row per epoch (:func:`write_log`);
 - ``last.pt``: the state of every stateful part of the run (model, optimizer, learning-rate
   schedule, gradient scaler), the torch RNGs (CPU, and every GPU's once CUDA is in use: dropout
   and random pseudo-bags draw from them) and the :class:`Progress`, so that an
@@ -7,11 +8,13 @@
 - ``best.pt``: the selected model, self-describing (:func:`r2t_plugin.models.save_checkpoint`)
   when its :class:`~r2t_plugin.models.ModelSpec` is known, else the bare ``state_dict``.
 
-Both are ``torch.save`` files of plain values, read with ``torch.load(..., weights_only=True)``,
+The ``.pt`` files are ``torch.save`` files of plain values, read with ``torch.load(..., weights_only=True)``,
 and written atomically.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -21,14 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import atomic_torch_save
+from .io import atomic_torch_save, atomic_write_text
 from .models import ModelSpec, save_checkpoint
 
-__all__ = ["Progress", "RUNTIME_FIELDS", "fingerprint", "check_same_run", "save_resume", "load_resume",
-           "save_best", "load_best"]
+__all__ = ["Progress", "RUNTIME_FIELDS", "LATER_DEFAULTS", "settled", "fingerprint", "check_same_run",
+           "save_resume", "load_resume", "save_best", "load_best", "write_log"]
 
 # run settings that do not change what is trained (allowed to differ when resuming)
 RUNTIME_FIELDS = ("device", "num_threads", "num_workers", "progress", "resume")
+# settings added after runs were saved without them: left out of a fingerprint while at
+# their default, so that those runs (and compare folders) still resume
+LATER_DEFAULTS: dict[str, Any] = {"stage_lr_scale": 1.0}
+
+
+def settled(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` less the :data:`LATER_DEFAULTS` fields that hold their default."""
+    return {k: v for k, v in settings.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
 
 
 @dataclass
@@ -51,7 +62,7 @@ class Progress:
 def fingerprint(settings: dict[str, Any], model: nn.Module, task: Any, sizes: tuple[int, int, int]) -> dict[str, Any]:
     """What identifies a run when resuming: its settings less :data:`RUNTIME_FIELDS`, the
     model's class and size, the task and the sizes of its training, validation and test parts."""
-    d = {k: v for k, v in settings.items() if k not in RUNTIME_FIELDS}
+    d = {k: v for k, v in settled(settings).items() if k not in RUNTIME_FIELDS}
     d.update(model=type(model).__name__, n_params=sum(p.numel() for p in model.parameters()), task=repr(task),
              n_train=sizes[0], n_val=sizes[1], n_test=sizes[2])
     return d
@@ -99,3 +110,15 @@ def load_best(path: Path, model: nn.Module, spec: ModelSpec | None) -> None:
     """Load the weights :func:`save_best` wrote (with the same ``spec``) into ``model``."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(saved if spec is None else saved["state_dict"])
+
+
+def write_log(path: Path, history: list[dict[str, float]]) -> None:
+    """Write ``log.csv``: one row per epoch of ``history``, every key a column."""
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())

@@ -1,35 +1,25 @@
 """One training run: fit on the training bags, select on validation, test once.
 
 :func:`fit` trains ``model`` for ``task`` with Adam/AdamW and a cosine learning-rate
-schedule (``CosineAnnealingLR``, stepped per epoch), optional gradient accumulation and
-mixed precision, seeded and deterministic on CPU. After every epoch it evaluates the
-VALIDATION bags; the best epoch (by ``task.monitor``, ties broken by lower validation loss,
-or by validation loss; optionally the mean over the last ``smooth`` epochs, the window's
-last epoch being the one kept) is kept as ``best.pt`` and early stopping watches the same
-number, never before ``min_epochs``. The test bags are
-evaluated once, at the end, with the best checkpoint. Files in ``out_dir`` (all written
-atomically; the checkpoints are :mod:`r2t_plugin.checkpoint`'s):
+schedule (stepped per epoch), optional gradient accumulation and mixed precision, seeded
+and deterministic on CPU. After every epoch it evaluates the VALIDATION bags; the best
+epoch (by ``task.monitor`` with ties broken by lower loss, or by loss; optionally averaged
+over the last ``smooth`` epochs) is kept as ``best.pt``, and early stopping watches the same
+number, never before ``min_epochs``. The test bags are evaluated once, with the best
+checkpoint. Files in ``out_dir`` (written atomically; checkpoints: :mod:`r2t_plugin.checkpoint`):
+``log.csv`` (per epoch: learning rate, losses, validation metrics, ``seconds`` and
+``wait_seconds``, the time spent waiting for data), ``last.pt`` (resume; removed at the
+end), ``best.pt`` (the selected model, with its :class:`~r2t_plugin.models.ModelSpec` when
+given one) and ``result.json`` (the :class:`FitResult`; a finished run is not retrained).
 
-- ``log.csv``: one row per epoch (learning rate, train loss, validation loss and metrics,
-  seconds, and ``wait_seconds``: how long the epoch waited for data);
-- ``last.pt``: everything needed to resume an interrupted run (removed when it finishes);
-- ``best.pt``: the selected model, with its :class:`~r2t_plugin.models.ModelSpec` when
-  ``fit`` is given one (then :func:`~r2t_plugin.models.load_checkpoint` rebuilds it);
-- ``result.json``: the final :class:`FitResult`; a finished run is not retrained.
-
-Models are called as ``model(batch)`` with a :class:`~r2t_plugin.bag.BagBatch` (the
-aggregator contract); models whose ``forward`` takes ``label``
-(:func:`~r2t_plugin.wrap.takes_label`) also get the labels during classification training
-(for instance losses). ``out.get("aux_loss", 0)`` is added to the task loss.
-
-Bags reach the model through :class:`~r2t_plugin.data.loader.BagLoader` (training,
-validation and test alike): ``num_workers`` threads read ahead, pinned for CUDA, copied on a
-side stream.
+Models are called as ``model(batch)`` with a :class:`~r2t_plugin.bag.BagBatch`; those whose
+``forward`` takes ``label`` (:func:`~r2t_plugin.wrap.takes_label`) also get the labels in
+classification training; ``out.get("aux_loss", 0)`` is added to the loss. Bags come through
+:class:`~r2t_plugin.data.loader.BagLoader`: ``num_workers`` threads read ahead, pinned for
+CUDA, copied on a side stream.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -47,13 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from .bag import BagBatch, FeatureBag
-from .checkpoint import Progress, check_same_run, fingerprint, load_best, load_resume, save_best, save_resume
+from .checkpoint import (Progress, check_same_run, fingerprint, load_best, load_resume, save_best, save_resume,
+                         write_log)
 from .data.loader import BagLoader, bag_targets, default_workers, waited
 from .io import atomic_write_text
 from .models import ModelSpec
 from .progress import ProgressBar
 from .tasks.base import Task
-from .wrap import takes_label
+from .wrap import stage_parameters, takes_label
 
 __all__ = ["TrainConfig", "TrainConfigError", "FitResult", "fit", "evaluate", "seed_everything",
            "count_parameters"]
@@ -75,14 +66,16 @@ class TrainConfigError(ValueError):
 class TrainConfig:
     """Settings of one training run.
 
-    ``patience``: epochs without a better validation score before stopping (None: never
-    stop early); ``min_epochs``: no early stop before this many epochs (the cosine schedule
-    always spans ``epochs``). ``select``: what picks the epoch on validation, ``"score"``
-    (the task's metric, e.g. AUC, ties broken by lower loss) or ``"loss"``; ``smooth``: the
-    mean of that value over the last ``smooth`` epochs is compared (1: the epoch alone). ``amp``: None, ``"bf16"`` or ``"fp16"`` autocast. ``num_threads``: torch
-    CPU threads during the run (None: unchanged). ``num_workers``: threads reading bags ahead
-    (0: in the loop; None: :func:`~r2t_plugin.data.loader.default_workers`); results do not
-    depend on it. ``resume``: continue from ``last.pt`` / return the finished ``result.json``.
+    ``patience``: epochs without a better validation score before stopping (None: never);
+    ``min_epochs``: no early stop before it (the cosine schedule always spans ``epochs``).
+    ``select``: what picks the epoch on validation, ``"score"`` (the task's metric, ties
+    broken by lower loss) or ``"loss"``; ``smooth``: that value is averaged over the last
+    ``smooth`` epochs. ``stage_lr_scale``: the re-embedding stage's parameters
+    (:func:`~r2t_plugin.wrap.stage_parameters`) learn at ``lr * stage_lr_scale``. ``amp``:
+    None, ``"bf16"`` or ``"fp16"`` autocast. ``num_threads``: torch CPU threads (None:
+    unchanged). ``num_workers``: threads reading bags ahead (0: in the loop; None:
+    :func:`~r2t_plugin.data.loader.default_workers`); results do not depend on it.
+    ``resume``: continue from ``last.pt`` / return the finished ``result.json``.
     """
 
     epochs: int = 20
@@ -95,6 +88,7 @@ class TrainConfig:
     min_epochs: int = 0
     select: str = "score"
     smooth: int = 1
+    stage_lr_scale: float = 1.0
     amp: str | None = None
     seed: int = 0
     device: str = "cpu"
@@ -115,8 +109,9 @@ class TrainConfig:
             problems["min_epochs"] = f"must be in [0, epochs={self.epochs}], got {self.min_epochs}"
         if self.num_workers is not None and self.num_workers < 0:
             problems["num_workers"] = f"must be >= 0 (or None: chosen from the cohort size), got {self.num_workers}"
-        if not self.lr > 0:
-            problems["lr"] = f"must be > 0, got {self.lr}"
+        for name in ("lr", "stage_lr_scale"):
+            if not getattr(self, name) > 0:
+                problems[name] = f"must be > 0, got {getattr(self, name)}"
         if self.weight_decay < 0:
             problems["weight_decay"] = f"must be >= 0, got {self.weight_decay}"
         if problems:
@@ -166,6 +161,15 @@ def seed_everything(seed: int) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters; the stage's in a second group at ``lr * stage_lr_scale``."""
+    stage = {id(p) for p in stage_parameters(model)} if cfg.stage_lr_scale != 1 else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [g for g in ({"params": [p for p in params if id(p) not in stage]},
+                        {"params": [p for p in params if id(p) in stage], "lr": cfg.lr * cfg.stage_lr_scale})
+            if g["params"]]
 
 
 def _forward(model: nn.Module, batch: BagBatch, label: Tensor | None) -> dict[str, Tensor]:
@@ -247,17 +251,6 @@ def _peak_memory(device: torch.device, rss_reset: bool) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _checked(loss: Tensor, n: int, case_ids: Sequence[str | None], where: Path, epoch: int) -> float:
     """``loss * n`` as a float; FloatingPointError naming the bags when it is not finite."""
     value = float(loss)
@@ -326,9 +319,8 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         check_same_run(saved["fingerprint"], fp, result_path)
         return FitResult(**saved["result"])
 
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads, prev_det, prev_det_warn = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                                             torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if device.type == "cpu":
@@ -337,8 +329,7 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         task.fit(bag_targets(train_bags))  # the targets alone: no feature file is read for them
         seed_everything(cfg.seed)
         model.to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = _OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = _OPTIMIZERS[cfg.optimizer](_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         parts = {"model": model, "optimizer": opt, "schedule": schedule, "scaler": scaler}
@@ -350,34 +341,33 @@ def fit(model: nn.Module, task: Task, train_bags: Sequence[FeatureBag], val_bags
         workers = cfg.workers_for(len(train_bags))
         train_loader = BagLoader(train_bags, batch_size=cfg.batch_size, num_workers=workers, device=device)
 
-        bar = ProgressBar(cfg.epochs, f"fit {out.name}", "epoch", initial=run.next_epoch, enabled=cfg.progress,
-                          leave=False)
-        for epoch in range(run.next_epoch, cfg.epochs):
-            if epoch >= cfg.min_epochs and run.stopped(cfg.patience):
-                break
-            t0, w0 = time.perf_counter(), waited()
-            lr = schedule.get_last_lr()[0]
-            train_loss = _train_epoch(model, task, train_loader, cfg, epoch, opt, scaler, give_label, out)
-            schedule.step()
-            val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp,
-                              num_workers=workers)
-            key = _score([*run.history, {f"val_{k}": v for k, v in val.items()}], task, cfg)
-            improved = run.best_epoch < 0 or key > run.best_key
-            if improved:
-                run.best_key, run.best_epoch, run.wait = key, epoch, 0
-                save_best(best_path, model, spec)
-            else:
-                run.wait += 1
-            seconds = time.perf_counter() - t0
-            run.seconds += seconds
-            run.next_epoch = epoch + 1
-            run.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                                **{f"val_{k}": v for k, v in val.items()},
-                                "best": int(improved), "seconds": seconds, "wait_seconds": waited() - w0})
-            _write_log(out / "log.csv", run.history)
-            save_resume(last_path, parts, run, fp)
-            bar.step(f"loss {train_loss:.3f}, val_{task.monitor} {val.get(task.monitor, float('nan')):.3f}")
-        bar.close()
+        with ProgressBar(cfg.epochs, f"fit {out.name}", "epoch", initial=run.next_epoch, enabled=cfg.progress,
+                          leave=False) as bar:
+            for epoch in range(run.next_epoch, cfg.epochs):
+                if epoch >= cfg.min_epochs and run.stopped(cfg.patience):
+                    break
+                t0, w0 = time.perf_counter(), waited()
+                lr = schedule.get_last_lr()[0]
+                train_loss = _train_epoch(model, task, train_loader, cfg, epoch, opt, scaler, give_label, out)
+                schedule.step()
+                val, _ = evaluate(model, task, val_bags, batch_size=cfg.batch_size, device=device, amp=cfg.amp,
+                                  num_workers=workers)
+                key = _score([*run.history, {f"val_{k}": v for k, v in val.items()}], task, cfg)
+                improved = run.best_epoch < 0 or key > run.best_key
+                if improved:
+                    run.best_key, run.best_epoch, run.wait = key, epoch, 0
+                    save_best(best_path, model, spec)
+                else:
+                    run.wait += 1
+                seconds = time.perf_counter() - t0
+                run.seconds += seconds
+                run.next_epoch = epoch + 1
+                run.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                                    **{f"val_{k}": v for k, v in val.items()},
+                                    "best": int(improved), "seconds": seconds, "wait_seconds": waited() - w0})
+                write_log(out / "log.csv", run.history)
+                save_resume(last_path, parts, run, fp)
+                bar.step(f"loss {train_loss:.3f}, val_{task.monitor} {val.get(task.monitor, float('nan')):.3f}")
 
         t0 = time.perf_counter()
         load_best(best_path, model, spec)

@@ -29,7 +29,7 @@ from .hookspecs import StageFactory, hookimpl
 __all__ = [
     "with_r2t", "R2TWrapper", "TensorModelWrapper", "ResidualStage", "AdapterError",
     "find_projection", "input_width", "forward_parameters", "takes_label", "resolve_placement",
-    "build_tensor_wrapper", "PLACEMENTS", "RESIDUAL_DEFAULT", "recorded_options",
+    "build_tensor_wrapper", "PLACEMENTS", "RESIDUAL_DEFAULT", "recorded_options", "stage_parameters",
 ]
 
 PLACEMENTS = ("after_projection", "input")
@@ -43,6 +43,12 @@ def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``with_r2t`` options with ``residual`` made explicit (its default filled in), so that a
     stored copy keeps its meaning if the default changes."""
     return {"residual": RESIDUAL_DEFAULT, **options}
+
+
+def stage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model``'s re-embedding stages: those under a submodule named
+    ``stage`` (a wrapper's ``.stage``, R²T-MIL's ``.stage``), the residual gate included."""
+    return [p for name, p in model.named_parameters() if "stage" in name.split(".")[:-1]]
 
 
 class AdapterError(TypeError):

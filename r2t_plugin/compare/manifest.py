@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from .config import CompareConfig
 from .folder import MANIFEST_FORMAT
+from ..checkpoint import settled
 from ..io import atomic_write_json, sha256_file
 from ..wrap import recorded_options
 
@@ -71,7 +72,7 @@ def _fingerprint(config: CompareConfig, data: dict[str, Any]) -> dict[str, Any]:
         "cohort": asdict(config.cohort) | {"csv": None, "features": None},
         "data": data,
         "folds": config.folds, "val_fraction": config.val_fraction, "split_seed": config.split_seed,
-        "training": config.training, "device": config.device,
+        "training": settled(config.training), "device": config.device,
         "aggregators": {a.id: {"name": a.name, "options": a.options} for a in config.aggregators},
         # residual made explicit: a folder started when it defaulted to False does not resume as True
         "variants": {v.name: None if v.r2t is None else recorded_options(v.r2t) for v in config.variants},
