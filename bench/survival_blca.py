@@ -31,7 +31,9 @@ Variants (``--variants``), each built by ``r2t_plugin.models.build_model`` as ``
 builds its cells: ``plain`` (the aggregator), ``r2t`` (the new default of ``r2t compare``:
 ``with_r2t(model, residual=True, layout="sequence", min_region_tokens=16)``, a
 zero-initialised residual stage, so training starts from the plain model) and
-``r2t_former`` (the same with ``residual=False``, the former default). A bag of 7 instances
+``r2t_former`` (the same with ``residual=False``, the former default) and ``r2t_stage_lr``
+(``r2t`` with the stage learning at a tenth of the aggregator's rate, ``stage_lr_scale``
+0.1). A bag of 7 instances
 is one region of 3 x 3 slots (7 filled) with ``min_region_tokens`` 16. Every R²T variant is
 paired against ``plain`` on the same (fold, seed) runs: mean Δ test C-index, wins / ties /
 losses and a two-sided Wilcoxon signed-rank p (``zero_method="wilcox"``: tied pairs are
@@ -77,7 +79,9 @@ SUFFIXES = ("_rnaseq", "_cnv", "_mut")
 MODELS = ("abmil", "gated_abmil", "transmil", "dsmil", "clam_sb")
 _R2T = {"layout": "sequence", "min_region_tokens": 16}
 VARIANTS: dict[str, dict | None] = {"plain": None, "r2t": {**_R2T, "residual": True},
-                                    "r2t_former": {**_R2T, "residual": False}}
+                                    "r2t_former": {**_R2T, "residual": False},
+                                    "r2t_stage_lr": {**_R2T, "residual": True}}
+VARIANT_TRAINING = {"r2t_stage_lr": {"stage_lr_scale": 0.1}}  # TrainConfig settings of a variant
 
 
 def load_patients(table: Path, signatures: Path) -> tuple[pd.DataFrame, list[list[str]]]:
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = build_model(spec)
                 cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                   accumulation=args.accumulation, patience=args.patience, seed=seed,
-                                  num_threads=args.threads, progress=False)
+                                  num_threads=args.threads, progress=False, **VARIANT_TRAINING.get(variant, {}))
                 t0 = time.perf_counter()
                 task = SurvivalTask(args.bins)
                 res = fit(model, task, train, val, test, cfg,
