@@ -1,5 +1,6 @@
 """``TrainConfig.stage_lr_scale``: the re-embedding stage learns at its own learning rate, and
-the new setting leaves the fingerprints of runs saved before it untouched."""
+the new setting leaves the fingerprints of runs saved before it untouched; and fit closes its
+epoch bar when a run raises (both changed together in train.py)."""
 from __future__ import annotations
 
 import json
@@ -93,3 +94,24 @@ def test_compare_folders_written_before_the_setting_resume_and_a_changed_scale_i
         check_resumable(path, {"fingerprint": scaled})
     with pytest.raises(ConfigError, match="training.stage_lr_scale: must be > 0"):
         parse_config({**CONFIG, "training": {"stage_lr_scale": -1.0}})
+
+
+def test_the_epoch_bar_is_closed_when_a_run_raises(tmp_path, monkeypatch):
+    import r2t_plugin.train as train_mod
+
+    closed = []
+
+    class Bar(train_mod.ProgressBar):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("stopped in the epoch")
+
+    monkeypatch.setattr(train_mod, "ProgressBar", Bar)
+    monkeypatch.setattr(train_mod, "_train_epoch", boom)
+    with pytest.raises(RuntimeError, match="stopped in the epoch"):
+        fit(_wrapped(), ClassificationTask(2), _bags(4, 0), _bags(4, 1), [],
+            TrainConfig(epochs=2, progress=False), tmp_path)
+    assert closed == [True]
